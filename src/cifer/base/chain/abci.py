@@ -1,0 +1,105 @@
+"""The application interface consensus drives, modelled on CometBFT's ABCI++.
+
+Consensus never looks inside transactions: it asks the application to check them, to build
+and judge proposals, and to execute decided blocks. Every call is synchronous and must be
+deterministic given the committed state and the arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from cifer.base.chain.genesis import Genesis
+from cifer.base.chain.types import Block, Validator
+from cifer.base.encoding import Canonical
+
+OK = 0
+
+
+class Attr(Canonical):
+    key: str
+    value: str
+
+
+class Event(Canonical):
+    type: str
+    attrs: list[Attr]
+
+
+class TxResult(Canonical):
+    """Outcome of one tx in a block. Part of the next header's results hash: keep logs deterministic."""
+
+    code: int
+    log: str
+    events: list[Event]
+
+
+class CheckTxResult(Canonical):
+    code: int
+    log: str
+    sender: bytes = b""
+    nonce: int = 0
+    fee: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.code == OK
+
+
+class ValidatorUpdate(Canonical):
+    """A new power for a validator; power 0 removes it. Takes effect at height h+2."""
+
+    pubkey: bytes
+    power: int
+
+
+class ProcessResult(Canonical):
+    accept: bool
+    reason: str = ""
+
+
+class FinalizeResult(Canonical):
+    tx_results: list[TxResult]
+    validator_updates: list[ValidatorUpdate]
+    app_hash: bytes
+    events: list[Event] = []
+
+
+class AppInfo(Canonical):
+    last_height: int
+    last_app_hash: bytes
+
+
+class InitChainResult(Canonical):
+    app_hash: bytes
+    validators: list[Validator]
+
+
+class Application(Protocol):
+    def info(self) -> AppInfo:
+        """Height and app hash of the last committed block (0 and genesis hash before any)."""
+        ...
+
+    def init_chain(self, genesis: Genesis) -> InitChainResult:
+        """Load genesis state. Called once, before height 1."""
+        ...
+
+    def check_tx(self, tx: bytes) -> CheckTxResult:
+        """Mempool admission against the committed state (plus pending txs of the sender)."""
+        ...
+
+    def prepare_proposal(self, height: int, txs: list[bytes], max_bytes: int) -> list[bytes]:
+        """Choose and order txs for a block this node proposes (may add its own)."""
+        ...
+
+    def process_proposal(self, block: Block) -> ProcessResult:
+        """Judge another proposer's block; a rejected block gets a nil prevote."""
+        ...
+
+    def finalize_block(self, block: Block) -> FinalizeResult:
+        """Execute a decided block into a pending state; nothing is durable until commit."""
+        ...
+
+    def commit(self) -> None:
+        """Make the last finalized block's state durable, atomically."""
+        ...
