@@ -24,11 +24,13 @@ class EncodingError(ValueError):
     """Input bytes are not a canonical encoding of the expected type."""
 
 
-class Canonical(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
-    """Base class for hashed/signed objects: array layout, immutable, strict."""
+class Canonical(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
+    """Base class for hashed/signed objects: array layout, strict decoding."""
 
 
-_encoder = msgspec.msgpack.Encoder()
+# "deterministic" sorts dict keys and set members, so equal values encode identically and
+# decode() can reject the other orders as non-canonical (struct field order is unaffected).
+_encoder = msgspec.msgpack.Encoder(order="deterministic")
 _decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
 
 
@@ -51,7 +53,9 @@ def decode(data: bytes, typ: type[T], *, max_bytes: int = MAX_OBJECT_BYTES) -> T
         obj: T = dec.decode(data)
     except msgspec.ValidationError as exc:
         raise EncodingError(f"invalid {_name(typ)}: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        # msgspec raises UnicodeDecodeError for a str that is not UTF-8 and RecursionError
+        # for over-deep nesting; both are malformed input, not crashes.
         raise EncodingError(f"malformed {_name(typ)}: {exc}") from None
     if _encoder.encode(obj) != bytes(data):
         raise EncodingError(f"non-canonical encoding of {_name(typ)}")

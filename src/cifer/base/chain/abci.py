@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import msgspec
+
 from cifer.base.chain.genesis import Genesis
 from cifer.base.chain.types import Block, Validator
 from cifer.base.encoding import Canonical
@@ -27,7 +29,7 @@ class Event(Canonical):
 
 
 class TxResult(Canonical):
-    """Outcome of one tx in a block. Part of the next header's results hash: keep logs deterministic."""
+    """Outcome of one tx. Hashed into the next header: logs must be deterministic."""
 
     code: int
     log: str
@@ -62,7 +64,7 @@ class FinalizeResult(Canonical):
     tx_results: list[TxResult]
     validator_updates: list[ValidatorUpdate]
     app_hash: bytes
-    events: list[Event] = []
+    events: list[Event] = msgspec.field(default_factory=list)
 
 
 class AppInfo(Canonical):

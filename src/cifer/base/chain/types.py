@@ -8,6 +8,7 @@ can never be replayed as another.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Final
 
 from cifer.base import encoding
@@ -155,7 +156,9 @@ class Proposal(Canonical):
     signature: bytes
 
     def sign_bytes(self, chain_id: str) -> bytes:
-        return proposal_sign_bytes(chain_id, self.height, self.round, self.pol_round, self.block_hash)
+        return proposal_sign_bytes(
+            chain_id, self.height, self.round, self.pol_round, self.block_hash
+        )
 
 
 class _ProposalDoc(Canonical):
@@ -167,7 +170,9 @@ class _ProposalDoc(Canonical):
     block_hash: bytes
 
 
-def proposal_sign_bytes(chain_id: str, height: int, round: int, pol_round: int, block_hash: bytes) -> bytes:
+def proposal_sign_bytes(
+    chain_id: str, height: int, round: int, pol_round: int, block_hash: bytes
+) -> bytes:
     doc = _ProposalDoc(chain_id, PROPOSAL, height, round, pol_round, block_hash)
     return b"cifer/proposal/v1" + encoding.encode(doc)
 
@@ -189,7 +194,7 @@ class ValidatorSet:
 
     __slots__ = ("_by_addr", "hash", "total_power", "validators")
 
-    def __init__(self, validators: list[Validator]) -> None:
+    def __init__(self, validators: Sequence[Validator]) -> None:
         vals = sorted((v for v in validators if v.power > 0), key=lambda v: v.address)
         if not vals:
             raise ValidationError("validator set is empty")
@@ -293,6 +298,10 @@ class DuplicateVoteEvidence(Canonical):
     def hash(self) -> bytes:
         return sha256(encoding.encode(self))
 
+    def offense(self) -> bytes:
+        """One offense per validator and height: more vote pairs add no further punishment."""
+        return self.vote_a.validator + self.vote_a.height.to_bytes(8, "big")
+
     def verify(self, chain_id: str, vset: ValidatorSet) -> None:
         a, b = self.vote_a, self.vote_b
         if (a.type, a.height, a.round, a.validator) != (b.type, b.height, b.round, b.validator):
@@ -308,7 +317,9 @@ class DuplicateVoteEvidence(Canonical):
 
 
 def make_evidence(a: Vote, b: Vote) -> DuplicateVoteEvidence:
-    return DuplicateVoteEvidence(a, b) if a.block_hash < b.block_hash else DuplicateVoteEvidence(b, a)
+    return (
+        DuplicateVoteEvidence(a, b) if a.block_hash < b.block_hash else DuplicateVoteEvidence(b, a)
+    )
 
 
 class Header(Canonical):

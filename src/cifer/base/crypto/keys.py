@@ -38,6 +38,8 @@ def to_bech32(raw: bytes, hrp: str = ADDRESS_HRP) -> str:
     if len(raw) != ADDRESS_LEN:
         raise CryptoError(f"address must be {ADDRESS_LEN} bytes, got {len(raw)}")
     data = bech32.convertbits(raw, 8, 5)
+    if data is None:
+        raise CryptoError("address bytes could not be converted to bech32")
     out: str = bech32.bech32_encode(hrp, data)
     return out
 

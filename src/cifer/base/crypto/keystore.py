@@ -33,7 +33,9 @@ def _aad(name: str, address: str, n: int, salt: bytes) -> bytes:
     return json.dumps([KEYSTORE_VERSION, name, address, n, salt.hex()]).encode()
 
 
-def seal(key: PrivateKey, name: str, passphrase: str, *, scrypt_n: int = DEFAULT_SCRYPT_N) -> dict[str, object]:
+def seal(
+    key: PrivateKey, name: str, passphrase: str, *, scrypt_n: int = DEFAULT_SCRYPT_N
+) -> dict[str, object]:
     salt, nonce = os.urandom(16), os.urandom(12)
     address = to_bech32(key.address)
     box = ChaCha20Poly1305(_kdf(passphrase, salt, scrypt_n))
@@ -74,7 +76,9 @@ def unseal(doc: dict[str, object], passphrase: str) -> PrivateKey:
     return key
 
 
-def save(path: Path, key: PrivateKey, name: str, passphrase: str, *, scrypt_n: int = DEFAULT_SCRYPT_N) -> None:
+def save(
+    path: Path, key: PrivateKey, name: str, passphrase: str, *, scrypt_n: int = DEFAULT_SCRYPT_N
+) -> None:
     """Write atomically with mode 0600; never overwrite an existing key."""
     if path.exists():
         raise KeystoreError(f"refusing to overwrite existing key file {path}")
