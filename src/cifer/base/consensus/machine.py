@@ -181,6 +181,7 @@ class Machine:
         self._proposer_fn = proposer
         self.h = _Height(height=height, vset=vset, proposers=[], votes=HeightVotes(height, vset))
         self._start_round(0)
+        self._run_rules()  # the proposer's own proposal enables its prevote at once
         return self._drain()
 
     def on_proposal(self, proposal: Proposal, block: Block) -> list[Action]:
@@ -216,7 +217,7 @@ class Machine:
         if vote.type not in (PREVOTE, PRECOMMIT) or not self._admit_round(vote.round):
             return []
         assert h.votes is not None
-        if h.votes.get(vote.round, vote.type).by_validator.get(vote.validator) == vote:
+        if h.votes.get(vote.round, vote.type).has(vote):
             return []  # a gossip repeat: already verified and counted
         v = h.vset.get(vote.validator)
         if v is None or not verify(v.pubkey, vote.sign_bytes(self.chain_id), vote.signature):

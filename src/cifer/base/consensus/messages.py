@@ -34,6 +34,28 @@ class StatusMsg(Canonical, tag="status"):
     height: int  # last committed height
 
 
+class VoteBits(Canonical):
+    """Whose votes for one block at one (round, type) a replica holds (bit i = validator i)."""
+
+    round: int
+    type: int
+    block_hash: bytes
+    bits: bytes
+
+
+class HasVotesMsg(Canonical, tag="has_votes"):
+    """What a replica holds at its current height, so peers can send only what is missing.
+
+    Relaying other validators' votes matters: Tendermint's liveness argument assumes any
+    message one correct replica received eventually reaches all of them.
+    """
+
+    height: int
+    round: int
+    proposal_rounds: list[int]
+    votes: list[VoteBits]
+
+
 class SyncRequest(Canonical, tag="sync_req"):
     from_height: int
 
@@ -62,6 +84,7 @@ Message = (
     | EvidenceMsg
     | TxMsg
     | StatusMsg
+    | HasVotesMsg
     | SyncRequest
     | SyncResponse
     | BlockRequest

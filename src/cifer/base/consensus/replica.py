@@ -36,17 +36,20 @@ from cifer.base.consensus.messages import (
     BlockResponse,
     DecidedBlock,
     EvidenceMsg,
+    HasVotesMsg,
     Message,
     ProposalMsg,
     StatusMsg,
     SyncRequest,
     SyncResponse,
     TxMsg,
+    VoteBits,
     VoteMsg,
 )
 from cifer.base.consensus.privval import Signer
 
 MAX_FUTURE_MESSAGES = 2000
+MAX_VOTES_PER_REPLY = 256
 SYNC_RETRY_MS = 250
 
 
@@ -113,7 +116,6 @@ class Replica:
         self.evidence: OrderedDict[bytes, DuplicateVoteEvidence] = OrderedDict()
         self._last_commit: Commit | None = executor.blocks.load_commit(executor.state.last_height)
         self._future: list[Message] = []
-        self._own: list[VoteMsg | ProposalMsg] = []  # sent by this replica at this height
         self._last_sync_req: dict[bytes, int] = {}
         self._out: list[Output] = []
         self.rejections: list[str] = []  # why blocks were judged invalid (diagnostics)
@@ -165,14 +167,17 @@ class Replica:
         return self._drain()
 
     def gossip(self, now_ms: int) -> list[Output]:
-        """Periodic re-send of this replica's own messages and status (lossy links heal)."""
+        """Periodic status: the last committed height (for block sync) and what this replica
+        holds at the current height (peers answer with what it lacks), so lost messages are
+        made good once links work again."""
         self.now_ms = now_ms
-        recent = self.machine.round - 1
-        for m in self._own:
-            rnd = m.vote.round if isinstance(m, VoteMsg) else m.proposal.round
-            if rnd >= recent:
-                self._out.append(Send(None, m))
         self._out.append(Send(None, StatusMsg(self.executor.state.last_height)))
+        h = self.machine.h
+        if h is not None and h.votes is not None:
+            held = h.votes.held()
+            bits = [VoteBits(r, t, bh, h.votes.bitmap(r, t, bh)) for r, t, bh in held]
+            has = HasVotesMsg(h.height, h.round, sorted(h.proposals), bits)
+            self._out.append(Send(None, has))
         return self._drain()
 
     def submit_tx(self, tx: bytes, now_ms: int) -> tuple[bool, str, list[Output]]:
@@ -208,6 +213,9 @@ class Replica:
         elif isinstance(msg, StatusMsg):
             if sender is not None and msg.height >= self.height:
                 self._request_sync(sender)
+        elif isinstance(msg, HasVotesMsg):
+            if sender is not None:
+                self._serve_missing(sender, msg)
         elif isinstance(msg, SyncRequest):
             if sender is not None:
                 self._serve_sync(sender, msg.from_height)
@@ -237,7 +245,6 @@ class Replica:
                     m = VoteMsg(a.vote)
                 else:
                     m = ProposalMsg(a.proposal, a.block)
-                self._own.append(m)
                 self._out.append(Send(None, m))
             elif isinstance(a, ScheduleTimeout):
                 self._out.append(Schedule(a.delay_ms, Timer(a.height, a.round, a.step)))
@@ -263,7 +270,6 @@ class Replica:
 
     def _begin_height(self) -> None:
         ex = self.executor
-        self._own = []
         # drop evidence that has become too old or was committed meanwhile
         for k, e in list(self.evidence.items()):
             try:
@@ -294,6 +300,24 @@ class Replica:
         self.evidence[k] = e
         if gossip:
             self._out.append(Send(None, EvidenceMsg(e)))
+
+    def _serve_missing(self, to: bytes, msg: HasVotesMsg) -> None:
+        h = self.machine.h
+        if h is None or h.votes is None or msg.height != h.height:
+            return
+        theirs = {(vb.round, vb.type, vb.block_hash): vb.bits for vb in msg.votes}
+        sent = 0
+        for key in h.votes.held():
+            for vote in h.votes.missing_from(*key, theirs.get(key, b"")):
+                if sent >= MAX_VOTES_PER_REPLY:
+                    break
+                self._out.append(Send(to, VoteMsg(vote)))
+                sent += 1
+        # the proposal of the peer's round (and of ours) if it lacks them: blocks are big
+        for r in sorted({msg.round, h.round}):
+            p = h.proposals.get(r)
+            if p is not None and r not in msg.proposal_rounds and p.block_hash in h.blocks:
+                self._out.append(Send(to, ProposalMsg(p, h.blocks[p.block_hash])))
 
     def _serve_sync(self, to: bytes, from_height: int) -> None:
         store = self.executor.blocks

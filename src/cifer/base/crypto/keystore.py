@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -60,8 +61,15 @@ def unseal(doc: dict[str, object], passphrase: str) -> PrivateKey:
         name, address = str(doc["name"]), str(doc["address"])
         n, salt = int(kdf["n"]), bytes.fromhex(kdf["salt"])
         nonce, ct = bytes.fromhex(cipher["nonce"]), bytes.fromhex(cipher["ciphertext"])
+        pubkey = str(doc["pubkey"])
     except (KeyError, TypeError, ValueError, AssertionError) as exc:
         raise KeystoreError(f"malformed keystore: {exc}") from None
+    # Fields the AAD does not cover must hold the only values we support, so an edit to them
+    # cannot go unnoticed (r and p are fixed in _kdf; the nonce length is fixed by the cipher).
+    if (kdf.get("name"), kdf.get("r"), kdf.get("p")) != ("scrypt", 8, 1):
+        raise KeystoreError("unsupported keystore KDF parameters")
+    if cipher.get("name") != "chacha20poly1305" or len(nonce) != 12:
+        raise KeystoreError("unsupported keystore cipher parameters")
     if n < 2**10 or n > 2**20 or n & (n - 1):
         raise KeystoreError(f"keystore scrypt n={n} is outside the accepted range")
     try:
@@ -73,6 +81,8 @@ def unseal(doc: dict[str, object], passphrase: str) -> PrivateKey:
     key = PrivateKey(seed)
     if to_bech32(key.address) != address:
         raise KeystoreError("keystore address does not match its key")
+    if pubkey != key.public.raw.hex():
+        raise KeystoreError("keystore public key does not match its key")
     return key
 
 
@@ -83,13 +93,19 @@ def save(
     if path.exists():
         raise KeystoreError(f"refusing to overwrite existing key file {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(seal(key, name, passphrase, scrypt_n=scrypt_n), fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    # mkstemp: a fresh file created 0600 with O_EXCL (a stale temp file can't lend its mode).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(seal(key, name, passphrase, scrypt_n=scrypt_n), fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # unlike os.replace, fails if path appeared since the check
+        except FileExistsError:
+            raise KeystoreError(f"refusing to overwrite existing key file {path}") from None
+    finally:
+        os.unlink(tmp)
 
 
 def load(path: Path, passphrase: str) -> PrivateKey:
