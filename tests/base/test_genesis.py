@@ -144,13 +144,6 @@ def test_duplicate_validator(tmp_path: Path) -> None:
         load_genesis(write(tmp_path, doc))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG (types.py ValidatorSet.__init__, reached from Genesis.validate): a pubkey "
-    "that is valid hex but not 32 bytes raises CryptoError from address_bytes, not "
-    "ValidationError, so load_genesis callers catching ValidationError miss it",
-)
 @pytest.mark.parametrize("nbytes", [31, 33, 0])
 def test_wrong_length_pubkey_is_a_validation_error(tmp_path: Path, nbytes: int) -> None:
     doc = gdoc()

@@ -56,6 +56,18 @@ class Genesis(msgspec.Struct, forbid_unknown_fields=True):
     def validate(self) -> None:
         if not self.chain_id or len(self.chain_id) > 64:
             raise ValidationError("genesis chain_id must be 1..64 characters")
+        if self.genesis_time_ms < 0:
+            raise ValidationError("genesis_time_ms must not be negative")
+        c = self.consensus
+        for name in ConsensusParams.__struct_fields__:
+            value = getattr(c, name)
+            if value < 0:
+                raise ValidationError(f"consensus.{name} must not be negative")
+        if c.max_block_bytes < 1024 or c.max_block_txs < 1 or c.max_evidence_age < 1:
+            raise ValidationError(
+                "consensus.max_block_bytes must be >= 1024, max_block_txs and "
+                "max_evidence_age >= 1"
+            )
         vset = self.validator_set()
         # N >= 3f+1 with f >= 0 holds for any set, but tolerating even one fault needs the
         # largest single validator to hold less than 1/3 of the power.

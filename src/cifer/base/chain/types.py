@@ -109,6 +109,10 @@ def verify_tx_signatures(tx: SignedTx) -> None:
         if not verify(s.pubkey, msg, s.signature):
             raise ValidationError("invalid tx signature")
         return
+    try:
+        tx.multisig.validate()  # before .address, which assumes a well-formed policy
+    except ValueError as exc:
+        raise ValidationError(f"invalid multisig policy: {exc}") from None
     if tx.multisig.address != tx.body.signer:
         raise ValidationError("multisig policy does not match the signer address")
     try:
@@ -195,12 +199,14 @@ class ValidatorSet:
     __slots__ = ("_by_addr", "hash", "total_power", "validators")
 
     def __init__(self, validators: Sequence[Validator]) -> None:
+        for v in validators:  # before sorting: the address of a malformed key is undefined
+            if len(v.pubkey) != PUBKEY_LEN:
+                raise ValidationError("validator public keys must be 32 bytes")
+            if v.power < 0:
+                raise ValidationError("validator power cannot be negative")
         vals = sorted((v for v in validators if v.power > 0), key=lambda v: v.address)
         if not vals:
             raise ValidationError("validator set is empty")
-        for v in vals:
-            if len(v.pubkey) != PUBKEY_LEN:
-                raise ValidationError("validator public keys must be 32 bytes")
         addrs = [v.address for v in vals]
         if len(set(addrs)) != len(addrs):
             raise ValidationError("duplicate validator in set")

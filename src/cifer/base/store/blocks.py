@@ -33,6 +33,8 @@ class BlockStore:
         h = block.header.height
         if h != self._height + 1:
             raise ValueError(f"block store at height {self._height} cannot take block {h}")
+        if commit.height != h or commit.block_hash != block.hash():
+            raise ValueError(f"commit does not belong to block {h}")
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:

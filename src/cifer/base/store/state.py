@@ -67,6 +67,8 @@ class StateStore:
         """Apply ``writes`` (None deletes) and record height and app hash, all or nothing."""
         if height < self.height:
             raise ValueError(f"cannot commit height {height} below stored height {self.height}")
+        if meta and {"height", "app_hash"} & set(meta):
+            raise ValueError("meta may not overwrite the reserved keys height and app_hash")
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:

@@ -59,6 +59,10 @@ class SimConfig:
     app_factory: Callable[[], Application] | None = None
     genesis_factory: Callable[[list[PrivateKey]], Genesis] | None = None
     tx_factory: Callable[[random.Random, int], bytes] | None = None
+    tx_limit: int = 0  # stop injecting after this many txs (0: no limit)
+    until_txs: int = 0  # also stop once honest node 0 committed this many txs (benchmarks)
+    #: Called with the lowest honest committed height whenever it rises.
+    on_progress: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -67,6 +71,7 @@ class SimResult:
     validators: int
     byzantine: list[str]
     heights: list[int]  # last committed height per honest node
+    committed_txs: int  # txs in honest node 0's chain
     rounds: list[int]  # decided round per height, from honest node 0
     evidence: int  # evidence pieces committed (honest node 0's chain)
     txs: int
@@ -184,6 +189,10 @@ def run(cfg: SimConfig) -> SimResult:
                 net.push(net.now + o.delay_ms, "timer", nd.index, o.timer)
             elif isinstance(o, Committed) and nd.honest:
                 _check_commit(committed, nd.index, o, violations)
+                if nd is honest_nodes[0]:
+                    committed_txs[0] += o.n_txs
+                if cfg.on_progress is not None and len(committed[o.height]) == len(honest_nodes):
+                    cfg.on_progress(o.height)
 
     for nd in nodes:
         if nd.replica is not None:
@@ -205,7 +214,11 @@ def run(cfg: SimConfig) -> SimResult:
     deadline = cfg.chaos_ms + budget
     target = cfg.heights
 
+    committed_txs = [0]
+
     def done() -> bool:
+        if cfg.until_txs and committed_txs[0] >= cfg.until_txs:
+            return True
         return all(nd.replica is not None and nd.replica.height > target for nd in honest_nodes)
 
     while not done():
@@ -234,16 +247,23 @@ def run(cfg: SimConfig) -> SimResult:
             net.heal()
         elif ev.kind == "tx":
             target_node = rng.choice(honest_nodes)
-            if target_node.replica is not None:
+            batch = max(1, cfg.tx_per_sec // 1000)  # one event per ms at most
+            for _ in range(batch):
+                if target_node.replica is None or (cfg.tx_limit and tx_count >= cfg.tx_limit):
+                    break
                 tx_count += 1
                 _, _, outs = target_node.replica.submit_tx(make_tx(rng, tx_count), net.now)
                 emit(target_node, outs)
-            net.push(net.now + max(1, 1000 // cfg.tx_per_sec), "tx", -1, None)
+            if not cfg.tx_limit or tx_count < cfg.tx_limit:
+                net.push(net.now + max(1, 1000 // cfg.tx_per_sec), "tx", -1, None)
         if violations and any(v.startswith("agreement") for v in violations):
             break  # safety is broken; nothing after this is meaningful
 
     heights = [nd.replica.executor.state.last_height for nd in honest_nodes if nd.replica]
-    if not any(v.startswith("agreement") for v in violations) and min(heights, default=0) < target:
+    reached = min(heights, default=0) >= target or (
+        cfg.until_txs > 0 and committed_txs[0] >= cfg.until_txs
+    )
+    if not any(v.startswith("agreement") for v in violations) and not reached:
         violations.append(
             f"liveness: honest heights {heights} below target {target} "
             f"at t={net.now}ms ({budget}ms after calm)"
@@ -260,6 +280,7 @@ def run(cfg: SimConfig) -> SimResult:
         validators=n,
         byzantine=[f"{i}:{b}" for i, b in zip(byz_idx, behaviours, strict=False)],
         heights=heights,
+        committed_txs=committed_txs[0],
         rounds=rounds,
         evidence=evidence,
         txs=tx_count,
