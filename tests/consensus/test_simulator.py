@@ -75,3 +75,28 @@ def test_no_progress_without_quorum_then_recovery() -> None:
     assert r.safe
     assert not r.live
     assert max(r.heights) == 0
+
+
+def test_proposals_with_malformed_txs_never_commit() -> None:
+    for seed in range(6):
+        r = run(
+            SimConfig(
+                validators=4, byzantine=1, behaviours=("invalid_block",), heights=8, seed=seed
+            )
+        )
+        assert r.ok, (seed, r.violations)
+    # the Byzantine proposer's turns cost a round: some height must have needed round >= 1
+    r = run(SimConfig(validators=4, byzantine=1, behaviours=("invalid_block",), heights=12, seed=0))
+    assert max(r.rounds) >= 1
+
+
+def test_validity_checker_catches_an_app_that_accepts_anything(monkeypatch) -> None:
+    from cifer.base.chain.abci import ProcessResult
+    from cifer.base.chain.kvstore import KVStoreApp
+
+    monkeypatch.setattr(KVStoreApp, "process_proposal", lambda self, block: ProcessResult(True))
+    results = [
+        run(SimConfig(validators=4, byzantine=1, behaviours=("invalid_block",), heights=8, seed=s))
+        for s in range(4)
+    ]
+    assert any(any(v.startswith("validity") for v in r.violations) for r in results)

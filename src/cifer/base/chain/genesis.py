@@ -65,8 +65,7 @@ class Genesis(msgspec.Struct, forbid_unknown_fields=True):
                 raise ValidationError(f"consensus.{name} must not be negative")
         if c.max_block_bytes < 1024 or c.max_block_txs < 1 or c.max_evidence_age < 1:
             raise ValidationError(
-                "consensus.max_block_bytes must be >= 1024, max_block_txs and "
-                "max_evidence_age >= 1"
+                "consensus.max_block_bytes must be >= 1024, max_block_txs and max_evidence_age >= 1"
             )
         vset = self.validator_set()
         # N >= 3f+1 with f >= 0 holds for any set, but tolerating even one fault needs the

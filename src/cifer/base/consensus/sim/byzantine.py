@@ -10,13 +10,24 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from cifer.base.chain.types import NIL, Block, Header, Proposal, Vote, proposal_sign_bytes
+from cifer.base.chain.types import (
+    NIL,
+    Block,
+    Header,
+    Proposal,
+    Vote,
+    data_hash,
+    proposal_sign_bytes,
+)
 from cifer.base.consensus.messages import ProposalMsg, VoteMsg
 from cifer.base.consensus.privval import unguarded_signer
 from cifer.base.consensus.replica import Output, Send
 from cifer.base.crypto.keys import PrivateKey
 
-BEHAVIOURS = ("silent", "equivocate", "double_vote", "random_votes", "twins")
+BEHAVIOURS = ("silent", "equivocate", "double_vote", "random_votes", "twins", "invalid_block")
+
+#: What an ``invalid_block`` proposer slips into its blocks: not a decodable transaction.
+GARBAGE_TX = b"\xc1 not a transaction"
 
 
 @dataclass
@@ -37,6 +48,8 @@ class Rewriter:
                 out.append(o)
             elif isinstance(o.msg, ProposalMsg) and self.behaviour == "equivocate":
                 out.extend(self._equivocate(o.msg))
+            elif isinstance(o.msg, ProposalMsg) and self.behaviour == "invalid_block":
+                out.append(Send(None, self._poison(o.msg)))
             elif isinstance(o.msg, VoteMsg) and self.behaviour in ("equivocate", "double_vote"):
                 out.extend(self._double_vote(o.msg.vote))
             elif isinstance(o.msg, VoteMsg) and self.behaviour == "random_votes":
@@ -60,25 +73,26 @@ class Rewriter:
     def _equivocate(self, msg: ProposalMsg) -> list[Send]:
         """Two valid-looking blocks for one round, each shown to half of the peers."""
         b = msg.block
-        h = b.header
-        alt_header = Header(
-            **{f: getattr(h, f) for f in h.__struct_fields__} | {"time_ms": h.time_ms + 1}
-        )
-        alt = Block(alt_header, b.txs, b.last_commit, b.evidence)
-        p = msg.proposal
-        alt_p = Proposal(
-            p.height,
-            p.round,
-            p.pol_round,
-            alt.hash(),
-            p.proposer,
-            self.key.sign(
-                proposal_sign_bytes(self.chain_id, p.height, p.round, p.pol_round, alt.hash())
-            ),
-        )
-        self.alt_of[p.block_hash] = alt.hash()
+        alt = Block(_with(b.header, time_ms=b.header.time_ms + 1), b.txs, b.last_commit, b.evidence)
+        twin = self._resign(msg.proposal, alt)
+        self.alt_of[msg.proposal.block_hash] = alt.hash()
         a, c = self._halves()
-        return [Send(x, msg) for x in a] + [Send(x, ProposalMsg(alt_p, alt)) for x in c]
+        return [Send(x, msg) for x in a] + [Send(x, twin) for x in c]
+
+    def _resign(self, p: Proposal, block: Block) -> ProposalMsg:
+        sig = self.key.sign(
+            proposal_sign_bytes(self.chain_id, p.height, p.round, p.pol_round, block.hash())
+        )
+        return ProposalMsg(
+            Proposal(p.height, p.round, p.pol_round, block.hash(), p.proposer, sig), block
+        )
+
+    def _poison(self, msg: ProposalMsg) -> ProposalMsg:
+        """A correctly signed proposal whose block carries a malformed tx (hashes consistent)."""
+        b = msg.block
+        txs = [*b.txs, GARBAGE_TX]
+        header = _with(b.header, data_hash=data_hash(txs))
+        return self._resign(msg.proposal, Block(header, txs, b.last_commit, b.evidence))
 
     def _double_vote(self, vote: Vote) -> list[Send]:
         """The honest vote to half of the peers, a conflicting one to the other half."""
@@ -88,3 +102,8 @@ class Rewriter:
         a, c = self._halves()
         twin = self._sign(vote, other)
         return [Send(x, VoteMsg(vote)) for x in a] + [Send(x, VoteMsg(twin)) for x in c]
+
+
+def _with(header: Header, **changes: object) -> Header:
+    fields = {f: getattr(header, f) for f in header.__struct_fields__}
+    return Header(**(fields | changes))

@@ -22,7 +22,7 @@ from cifer.base.chain.kvstore import KVStoreApp
 from cifer.base.consensus.messages import Message
 from cifer.base.consensus.privval import Signer
 from cifer.base.consensus.replica import Committed, Output, Replica, Schedule, Send, Timer
-from cifer.base.consensus.sim.byzantine import BEHAVIOURS, Rewriter
+from cifer.base.consensus.sim.byzantine import BEHAVIOURS, GARBAGE_TX, Rewriter
 from cifer.base.consensus.sim.network import LinkModel, VirtualNetwork
 from cifer.base.crypto.keys import PrivateKey
 from cifer.base.store.blocks import BlockStore
@@ -158,7 +158,7 @@ def run(cfg: SimConfig) -> SimResult:
         signer = Signer(keys[key_i], genesis.chain_id)
         replica = Replica(ex, signer)
         rewriter = None
-        if beh in ("equivocate", "double_vote", "random_votes"):
+        if beh in ("equivocate", "double_vote", "random_votes", "invalid_block"):
             peers = [peer_id(j) for j in range(total) if j != idx]
             rewriter = Rewriter(
                 beh, keys[key_i], genesis.chain_id, peers, random.Random(rng.random())
@@ -275,6 +275,8 @@ def run(cfg: SimConfig) -> SimResult:
             rounds.append(ref.decided_round.get(h, 0))
             block = ref.executor.blocks.load_block(h)
             evidence += len(block.evidence) if block else 0
+            if block is not None and GARBAGE_TX in block.txs:
+                violations.append(f"validity: height {h} committed a malformed tx")
     return SimResult(
         seed=cfg.seed,
         validators=n,
