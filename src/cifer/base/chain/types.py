@@ -371,6 +371,16 @@ def commit_hash(commit: Commit | None) -> bytes:
     return b"" if commit is None else commit.hash()
 
 
+def prove_tx(block: Block, index: int) -> merkle.MerkleProof:
+    """Inclusion proof of ``block.txs[index]`` against ``block.header.data_hash``."""
+    return merkle.prove(block.txs, index)
+
+
+def verify_tx_proof(header: Header, tx: bytes, proof: merkle.MerkleProof) -> bool:
+    """True iff ``tx`` is in the block with this header (check the header's commit separately)."""
+    return proof.verify(header.data_hash, tx)
+
+
 def check_block_shape(block: Block) -> None:
     """Stateless consistency of a block: its hashes match its contents."""
     h = block.header
