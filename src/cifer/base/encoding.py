@@ -24,8 +24,8 @@ class EncodingError(ValueError):
     """Input bytes are not a canonical encoding of the expected type."""
 
 
-class Canonical(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
-    """Base class for hashed/signed objects: array layout, strict decoding."""
+class Canonical(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """Base class for hashed/signed objects: array layout, immutable, strict decoding."""
 
 
 # "deterministic" sorts dict keys and set members, so equal values encode identically and

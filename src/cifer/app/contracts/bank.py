@@ -91,7 +91,7 @@ assert all(TOTAL_SUPPLY * p % 100 == 0 for p in TRANCHE_PERCENT.values())
 # --------------------------------------------------------------------------- messages
 
 
-class Send(Canonical):
+class Send(Canonical, frozen=True):
     """Move ``amount`` ucif from the tx signer to ``to``."""
 
     to: bytes
@@ -107,7 +107,7 @@ def send_msg(to: bytes | str, amount: int) -> AnyMsg:
 # --------------------------------------------------------------------------- vesting
 
 
-class Vesting(Canonical):
+class Vesting(Canonical, frozen=True):
     """Linear vesting with a cliff, in block heights.
 
     ``locked(h)`` is ``total`` before ``cliff_height``, 0 from ``end_height`` on, and in

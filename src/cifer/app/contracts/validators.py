@@ -30,7 +30,7 @@ _VAL: Final = b"validators/val/"
 _UPD: Final = b"validators/upd/"
 
 
-class ValidatorRecord(Canonical):
+class ValidatorRecord(Canonical, frozen=True):
     pubkey: bytes
     power: int
     jailed_height: int = 0  # 0 = not jailed (blocks start at height 1)

@@ -18,17 +18,17 @@ from cifer.base.encoding import Canonical
 OK = 0
 
 
-class Attr(Canonical):
+class Attr(Canonical, frozen=True):
     key: str
     value: str
 
 
-class Event(Canonical):
+class Event(Canonical, frozen=True):
     type: str
     attrs: list[Attr]
 
 
-class TxResult(Canonical):
+class TxResult(Canonical, frozen=True):
     """Outcome of one tx. Hashed into the next header: logs must be deterministic."""
 
     code: int
@@ -36,7 +36,7 @@ class TxResult(Canonical):
     events: list[Event]
 
 
-class CheckTxResult(Canonical):
+class CheckTxResult(Canonical, frozen=True):
     code: int
     log: str
     sender: bytes = b""
@@ -48,31 +48,31 @@ class CheckTxResult(Canonical):
         return self.code == OK
 
 
-class ValidatorUpdate(Canonical):
+class ValidatorUpdate(Canonical, frozen=True):
     """A new power for a validator; power 0 removes it. Takes effect at height h+2."""
 
     pubkey: bytes
     power: int
 
 
-class ProcessResult(Canonical):
+class ProcessResult(Canonical, frozen=True):
     accept: bool
     reason: str = ""
 
 
-class FinalizeResult(Canonical):
+class FinalizeResult(Canonical, frozen=True):
     tx_results: list[TxResult]
     validator_updates: list[ValidatorUpdate]
     app_hash: bytes
     events: list[Event] = msgspec.field(default_factory=list)
 
 
-class AppInfo(Canonical):
+class AppInfo(Canonical, frozen=True):
     last_height: int
     last_app_hash: bytes
 
 
-class InitChainResult(Canonical):
+class InitChainResult(Canonical, frozen=True):
     app_hash: bytes
     validators: list[Validator]
 

@@ -34,17 +34,17 @@ from cifer.base.store.blocks import BlockStore
 from cifer.base.store.sqlite import connect
 
 
-class Priority(Canonical):
+class Priority(Canonical, frozen=True):
     address: bytes
     priority: int
 
 
-class ValidatorsAt(Canonical):
+class ValidatorsAt(Canonical, frozen=True):
     height: int
     validators: list[Validator]
 
 
-class ChainState(Canonical):
+class ChainState(Canonical, frozen=True):
     """Consensus state after ``last_height`` (what the next block must build on)."""
 
     chain_id: str

@@ -40,14 +40,14 @@ def sha256(data: bytes) -> bytes:
 # --------------------------------------------------------------------------- transactions
 
 
-class AnyMsg(Canonical):
+class AnyMsg(Canonical, frozen=True):
     """A module message: ``type`` names it (e.g. ``bank/Send``), ``value`` is its encoding."""
 
     type: str
     value: bytes
 
 
-class TxBody(Canonical):
+class TxBody(Canonical, frozen=True):
     chain_id: str
     signer: bytes  # address of the account that pays the fee and owns the nonce
     nonce: int
@@ -56,12 +56,12 @@ class TxBody(Canonical):
     memo: str
 
 
-class TxSignature(Canonical):
+class TxSignature(Canonical, frozen=True):
     pubkey: bytes
     signature: bytes
 
 
-class SignedTx(Canonical):
+class SignedTx(Canonical, frozen=True):
     body: TxBody
     signatures: list[TxSignature]
     multisig: MultisigPolicy | None = None  # set iff body.signer is a multisig account
@@ -124,7 +124,7 @@ def verify_tx_signatures(tx: SignedTx) -> None:
 # --------------------------------------------------------------------------- votes
 
 
-class Vote(Canonical):
+class Vote(Canonical, frozen=True):
     type: int  # PREVOTE or PRECOMMIT
     height: int
     round: int
@@ -139,7 +139,7 @@ class Vote(Canonical):
         return self.block_hash == NIL
 
 
-class _VoteDoc(Canonical):
+class _VoteDoc(Canonical, frozen=True):
     chain_id: str
     type: int
     height: int
@@ -151,7 +151,7 @@ def vote_sign_bytes(chain_id: str, typ: int, height: int, round: int, block_hash
     return b"cifer/vote/v1" + encoding.encode(_VoteDoc(chain_id, typ, height, round, block_hash))
 
 
-class Proposal(Canonical):
+class Proposal(Canonical, frozen=True):
     height: int
     round: int
     pol_round: int  # -1 if none
@@ -165,7 +165,7 @@ class Proposal(Canonical):
         )
 
 
-class _ProposalDoc(Canonical):
+class _ProposalDoc(Canonical, frozen=True):
     chain_id: str
     type: int
     height: int
@@ -184,7 +184,7 @@ def proposal_sign_bytes(
 # --------------------------------------------------------------------------- validators
 
 
-class Validator(Canonical):
+class Validator(Canonical, frozen=True):
     pubkey: bytes
     power: int
 
@@ -270,12 +270,12 @@ class ValidatorSet:
 # --------------------------------------------------------------------------- blocks
 
 
-class CommitSig(Canonical):
+class CommitSig(Canonical, frozen=True):
     validator: bytes
     signature: bytes
 
 
-class Commit(Canonical):
+class Commit(Canonical, frozen=True):
     """> 2/3 of precommits for one block at (height, round)."""
 
     height: int
@@ -287,7 +287,7 @@ class Commit(Canonical):
         return sha256(encoding.encode(self))
 
 
-class DuplicateVoteEvidence(Canonical):
+class DuplicateVoteEvidence(Canonical, frozen=True):
     """Two votes by one validator for different blocks at the same (height, round, type)."""
 
     vote_a: Vote
@@ -328,7 +328,7 @@ def make_evidence(a: Vote, b: Vote) -> DuplicateVoteEvidence:
     )
 
 
-class Header(Canonical):
+class Header(Canonical, frozen=True):
     chain_id: str
     height: int
     time_ms: int  # proposer's clock, only checked to be monotonic; state never reads it
@@ -346,7 +346,7 @@ class Header(Canonical):
         return sha256(b"cifer/header/v1" + encoding.encode(self))
 
 
-class Block(Canonical):
+class Block(Canonical, frozen=True):
     header: Header
     txs: list[bytes]
     last_commit: Commit | None  # None only at height 1

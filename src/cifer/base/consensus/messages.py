@@ -11,30 +11,30 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 MAX_SYNC_BLOCKS = 16
 
 
-class ProposalMsg(Canonical, tag="proposal"):
+class ProposalMsg(Canonical, frozen=True, tag="proposal"):
     proposal: Proposal
     block: Block
 
 
-class VoteMsg(Canonical, tag="vote"):
+class VoteMsg(Canonical, frozen=True, tag="vote"):
     vote: Vote
 
 
-class EvidenceMsg(Canonical, tag="evidence"):
+class EvidenceMsg(Canonical, frozen=True, tag="evidence"):
     evidence: DuplicateVoteEvidence
 
 
-class TxMsg(Canonical, tag="tx"):
+class TxMsg(Canonical, frozen=True, tag="tx"):
     tx: bytes
 
 
-class StatusMsg(Canonical, tag="status"):
+class StatusMsg(Canonical, frozen=True, tag="status"):
     """A peer's height, sent periodically so laggards learn they are behind."""
 
     height: int  # last committed height
 
 
-class VoteBits(Canonical):
+class VoteBits(Canonical, frozen=True):
     """Whose votes for one block at one (round, type) a replica holds (bit i = validator i)."""
 
     round: int
@@ -43,7 +43,7 @@ class VoteBits(Canonical):
     bits: bytes
 
 
-class HasVotesMsg(Canonical, tag="has_votes"):
+class HasVotesMsg(Canonical, frozen=True, tag="has_votes"):
     """What a replica holds at its current height, so peers can send only what is missing.
 
     Relaying other validators' votes matters: Tendermint's liveness argument assumes any
@@ -56,25 +56,25 @@ class HasVotesMsg(Canonical, tag="has_votes"):
     votes: list[VoteBits]
 
 
-class SyncRequest(Canonical, tag="sync_req"):
+class SyncRequest(Canonical, frozen=True, tag="sync_req"):
     from_height: int
 
 
-class DecidedBlock(Canonical):
+class DecidedBlock(Canonical, frozen=True):
     block: Block
     commit: Commit
 
 
-class SyncResponse(Canonical, tag="sync_resp"):
+class SyncResponse(Canonical, frozen=True, tag="sync_resp"):
     blocks: list[DecidedBlock]
 
 
-class BlockRequest(Canonical, tag="block_req"):
+class BlockRequest(Canonical, frozen=True, tag="block_req"):
     height: int
     block_hash: bytes
 
 
-class BlockResponse(Canonical, tag="block_resp"):
+class BlockResponse(Canonical, frozen=True, tag="block_resp"):
     block: Block
 
 

@@ -34,7 +34,7 @@ class DoubleSignError(RuntimeError):
     """Signing this would contradict something this key already signed."""
 
 
-class LastSigned(Canonical):
+class LastSigned(Canonical, frozen=True):
     height: int
     round: int
     step: int
