@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol
 
+from cifer.base.chain.genesis import ConsensusParams
 from cifer.base.chain.types import (
     NIL,
     PRECOMMIT,
@@ -50,6 +51,18 @@ class Timeouts:
     precommit: int = 1000
     precommit_delta: int = 500
     commit: int = 200
+
+    @classmethod
+    def from_params(cls, p: ConsensusParams) -> Timeouts:
+        return cls(
+            p.timeout_propose_ms,
+            p.timeout_propose_delta_ms,
+            p.timeout_prevote_ms,
+            p.timeout_prevote_delta_ms,
+            p.timeout_precommit_ms,
+            p.timeout_precommit_delta_ms,
+            p.timeout_commit_ms,
+        )
 
     def for_step(self, step: Step, round: int) -> int:
         if step == Step.PROPOSE:

@@ -86,19 +86,6 @@ class Committed:
 Output = Send | Schedule | Committed
 
 
-def timeouts_from(params: object) -> Timeouts:
-    p = params
-    return Timeouts(
-        propose=getattr(p, "timeout_propose_ms", 3000),
-        propose_delta=getattr(p, "timeout_propose_delta_ms", 500),
-        prevote=getattr(p, "timeout_prevote_ms", 1000),
-        prevote_delta=getattr(p, "timeout_prevote_delta_ms", 500),
-        precommit=getattr(p, "timeout_precommit_ms", 1000),
-        precommit_delta=getattr(p, "timeout_precommit_delta_ms", 500),
-        commit=getattr(p, "timeout_commit_ms", 200),
-    )
-
-
 class Replica:
     def __init__(
         self,
@@ -110,7 +97,7 @@ class Replica:
         self.executor = executor
         self.signer = signer
         self.mempool = mempool or Mempool(executor.app)
-        self.timeouts = timeouts or timeouts_from(executor.params)
+        self.timeouts = timeouts or Timeouts.from_params(executor.params)
         self.machine = Machine(executor.chain_id, signer, self, self.timeouts)
         self.now_ms = 0
         self.evidence: OrderedDict[bytes, DuplicateVoteEvidence] = OrderedDict()
