@@ -115,3 +115,38 @@ def run_bench(
         wall_s=wall,
         virtual_s=r.virtual_ms / 1000,
     )
+
+
+def run_heights(
+    heights: int = 200, validators: int = 4, seed: int = 0, commit_timeout_ms: int = 0
+) -> ConsensusBenchResult:
+    """Empty blocks only: the cost of consensus itself (votes, signatures, app commit)."""
+
+    def genesis(keys: list[PrivateKey]) -> Genesis:
+        return make_genesis(
+            CHAIN_ID,
+            validator_pubkeys=[k.public.raw for k in keys],
+            consensus=msgspec.structs.replace(SIM_TIMEOUTS, timeout_commit_ms=commit_timeout_ms),
+        )
+
+    cfg = SimConfig(
+        validators=validators,
+        byzantine=0,
+        heights=heights,
+        seed=seed,
+        chaos_ms=0,
+        drop=0.0,
+        duplicate=0.0,
+        max_delay_ms=5,
+        partitions=False,
+        tx_per_sec=0,
+        liveness_budget_ms=3_600_000,
+        app_factory=lambda: CiferApp(StateStore(":memory:")),
+        genesis_factory=genesis,
+    )
+    t0 = time.perf_counter()
+    r = run(cfg)
+    wall = time.perf_counter() - t0
+    if r.violations:
+        raise RuntimeError(f"benchmark run broke an invariant: {r.violations}")
+    return ConsensusBenchResult(validators, 0, 0, min(r.heights), wall, r.virtual_ms / 1000)

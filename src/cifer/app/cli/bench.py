@@ -26,9 +26,10 @@ def consensus(
     commit_timeout_ms: int = typer.Option(
         200, help="Virtual wait after a commit before the next height (batches txs)."
     ),
+    heights: int = typer.Option(200, help="Empty blocks for the consensus-only rate."),
 ) -> None:
     """Heights/s and tx/s of the in-process simulator running the real app, signatures on."""
-    from cifer.app.bench.consensus import run_bench
+    from cifer.app.bench.consensus import run_bench, run_heights
 
     if txs < 1 or runs < 1 or validators < 1:
         raise typer.BadParameter("--txs, --runs and --validators must be positive")
@@ -61,4 +62,11 @@ def consensus(
     console.print(table)
     console.print(
         f"tx size {results[0].tx_bytes} bytes; commit timeout {commit_timeout_ms} ms (virtual)"
+    )
+    with console.status("empty blocks"):
+        empty = [run_heights(heights, validators, seed=i) for i in range(runs)]
+    rates = ", ".join(f"{r.heights_per_s:.0f}" for r in empty)
+    console.print(
+        f"consensus alone ({heights} empty blocks, commit timeout 0): "
+        f"median {statistics.median(r.heights_per_s for r in empty):.0f} heights/s ({rates})"
     )
