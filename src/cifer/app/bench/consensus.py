@@ -101,6 +101,7 @@ def run_bench(
         app_factory=lambda: CiferApp(StateStore(":memory:")),
         genesis_factory=genesis,
         tx_factory=lambda _rng, _i: next(it),
+        tx_router=lambda i: (i - 1) % n_accounts,  # each account's client uses one node
     )
     t0 = time.perf_counter()
     r = run(cfg)

@@ -59,6 +59,9 @@ class SimConfig:
     app_factory: Callable[[], Application] | None = None
     genesis_factory: Callable[[list[PrivateKey]], Genesis] | None = None
     tx_factory: Callable[[random.Random, int], bytes] | None = None
+    #: Which honest node receives tx number i (1-based); default: a random one per batch.
+    #: Clients with nonces must stick to one node, or a later nonce can arrive first.
+    tx_router: Callable[[int], int] | None = None
     tx_limit: int = 0  # stop injecting after this many txs (0: no limit)
     until_txs: int = 0  # also stop once honest node 0 committed this many txs (benchmarks)
     #: Called with the lowest honest committed height whenever it rises.
@@ -249,7 +252,11 @@ def run(cfg: SimConfig) -> SimResult:
             target_node = rng.choice(honest_nodes)
             batch = max(1, cfg.tx_per_sec // 1000)  # one event per ms at most
             for _ in range(batch):
-                if target_node.replica is None or (cfg.tx_limit and tx_count >= cfg.tx_limit):
+                if cfg.tx_limit and tx_count >= cfg.tx_limit:
+                    break
+                if cfg.tx_router is not None:
+                    target_node = honest_nodes[cfg.tx_router(tx_count + 1) % len(honest_nodes)]
+                if target_node.replica is None:
                     break
                 tx_count += 1
                 _, _, outs = target_node.replica.submit_tx(make_tx(rng, tx_count), net.now)
