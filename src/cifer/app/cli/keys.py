@@ -240,3 +240,17 @@ def export(
     except KeystoreError as exc:
         raise _fail(str(exc)) from None
     typer.echo(key.seed().hex())
+
+
+def load_local_key(name: str, home: Path | str | None = None) -> PrivateKey:
+    """Unlock a local key for signing (passphrase from CIFER_PASSPHRASE or a prompt)."""
+    if home is None and os.environ.get("CIFER_HOME"):
+        home = os.environ["CIFER_HOME"]
+    path = _key_path(Path(home) if home is not None else None, name)
+    doc = _read_doc(path)
+    if _is_multisig(doc):
+        raise _fail(f"{name!r} is a multisig policy; its members sign, not the policy")
+    try:
+        return load(path, _passphrase(new=False))
+    except KeystoreError as exc:
+        raise _fail(str(exc)) from None

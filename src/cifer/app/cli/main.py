@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import import_module
+
 import typer
 
 from cifer import __version__
@@ -11,6 +13,13 @@ app = typer.Typer(
     help="Cifer: Byzantine-robust federated learning on a BFT ledger.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+)
+
+GROUPS = (
+    ("cifer.app.cli.keys", "keys"),
+    ("cifer.app.cli.localnet", "localnet"),
+    ("cifer.app.cli.node", "node"),
+    ("cifer.app.cli.bench", "bench"),
 )
 
 
@@ -28,21 +37,20 @@ def main(
 
 
 def _mount() -> None:
-    # Imported here so that a broken optional group never breaks `cifer --help`.
-    from importlib import import_module
-
-    for mod_name, group in (
-        ("cifer.app.cli.keys", "keys"),
-        ("cifer.app.cli.localnet", "localnet"),
-        ("cifer.app.cli.bench", "bench"),
-    ):
+    for mod_name, group in GROUPS:
         try:
             mod = import_module(mod_name)
         except ModuleNotFoundError as exc:
-            if exc.name == mod_name:
+            if exc.name == mod_name:  # a group not written yet; anything else is a real error
                 continue
             raise
         app.add_typer(mod.app, name=group)
+    from cifer.app.cli.client import query_app, tx_app
+    from cifer.app.cli.node import init_command
+
+    app.command("init")(init_command)
+    app.add_typer(tx_app, name="tx")
+    app.add_typer(query_app, name="query")
 
 
 _mount()

@@ -1,0 +1,5 @@
+"""``python -m cifer`` is the ``cifer`` command (localnets start nodes this way)."""
+
+from cifer.app.cli.main import app
+
+app()
