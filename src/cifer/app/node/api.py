@@ -180,6 +180,9 @@ def build_app(node: Node) -> FastAPI:
                 "height": node.replica.machine.height,
                 "round": node.replica.machine.round,
                 "step": node.replica.machine.step.name.lower(),
+                "proposer": to_bech32(node.replica.machine.proposer_of(node.replica.machine.round))
+                if node.replica.machine.h is not None
+                else None,
             },
             "validator": None
             if me is None

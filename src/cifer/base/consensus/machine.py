@@ -418,6 +418,10 @@ class Machine:
 
     # ------------------------------------------------------------------ introspection
 
+    def proposer_of(self, round: int) -> bytes:
+        """Address of the proposer of ``round`` at the current height."""
+        return self._proposer(round)
+
     def locked(self) -> tuple[int, bytes | None]:
         h = self.h
         if h is None or h.locked_value is None:
