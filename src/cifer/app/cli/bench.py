@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+from collections.abc import Callable
 
 import typer
 from rich.console import Console
+from rich.status import Status
 from rich.table import Table
 
 app = typer.Typer(help="Benchmarks (results and commands are recorded in docs/benchmarks.md).")
-console = Console()
+console = Console(width=max(120, Console().width))
 
 
 def machine() -> str:
@@ -70,3 +72,61 @@ def consensus(
         f"consensus alone ({heights} empty blocks, commit timeout 0): "
         f"median {statistics.median(r.heights_per_s for r in empty):.0f} heights/s ({rates})"
     )
+
+
+@app.command()
+def ledger(
+    validators: int = typer.Option(4, help="Validator processes in the localnet."),
+    rate: str = typer.Option("1000", help="Offered tx/s; comma-separated for a sweep."),
+    duration: float = typer.Option(20.0, help="Seconds of offered load per rate."),
+    accounts: int = typer.Option(1000, help="Sending accounts (each sticks to one node)."),
+) -> None:
+    """Committed tx/s and commit latency of a real localnet under offered load."""
+    from cifer.app.bench.ledger import run_ledger_bench, summarize
+
+    try:
+        rates = [int(x) for x in rate.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter("rates must be integers, e.g. 500,1000,1500") from None
+    if not rates or min(rates) < 1 or duration <= 0 or validators < 1:
+        raise typer.BadParameter("--rate, --duration and --validators must be positive")
+    console.print(f"machine: {machine()}")
+    table = Table(title=f"cifer bench ledger: {validators} validators, 1 KiB transfers")
+    for col in (
+        "offered tx/s",
+        "committed tx/s",
+        "p50 s",
+        "p95 s",
+        "max s",
+        "blocks/min",
+        "rounds/height",
+        "committed/accepted",
+    ):
+        table.add_column(col, justify="right")
+    for r in rates:
+        with console.status(f"rate {r}") as status:
+            res = run_ledger_bench(
+                r,
+                duration,
+                validators,
+                accounts,
+                progress=_progress(status, r),
+            )
+        s = summarize(res)
+        table.add_row(
+            f"{s['offered_tx_s']:.0f}",
+            f"{s['committed_tx_s']:.0f}",
+            f"{s['p50_s']:.2f}",
+            f"{s['p95_s']:.2f}",
+            f"{s['max_s']:.2f}",
+            f"{s['blocks_per_min']:.0f}",
+            f"{s['rounds_per_height']:.2f}",
+            f"{res.committed}/{res.accepted}",
+        )
+        if res.rejected_logs:
+            console.print(f"rate {r}: rejected at admission: {res.rejected_logs}")
+    console.print(table)
+
+
+def _progress(status: Status, rate: int) -> Callable[[str], None]:
+    return lambda m: status.update(f"rate {rate}: {m}")

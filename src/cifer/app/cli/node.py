@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -59,4 +60,12 @@ def start(
             loop.add_signal_handler(sig, stop.set)
         await node.run(stop)
 
-    asyncio.run(main())
+    profile = os.environ.get("CIFER_PROFILE")  # developer aid: cProfile stats at exit
+    if profile:
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            asyncio.run(main())
+        prof.dump_stats(f"{profile}.{os.getpid()}")
+    else:
+        asyncio.run(main())
