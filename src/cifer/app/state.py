@@ -118,7 +118,7 @@ class StateOverlay:
 
     def get_obj(self, key: bytes, typ: type[T], default: T) -> T:
         raw = self.get(key)
-        return default if raw is None else encoding.decode(raw, typ)
+        return default if raw is None else encoding.decode_trusted(raw, typ)
 
     def set_obj(self, key: bytes, obj: object) -> None:
         self.set(key, encoding.encode(obj))

@@ -62,6 +62,21 @@ def decode(data: bytes, typ: type[T], *, max_bytes: int = MAX_OBJECT_BYTES) -> T
     return obj
 
 
+def decode_trusted(data: bytes, typ: type[T]) -> T:
+    """Typed decode of bytes this node wrote itself (its state store), without the canonical
+    re-encoding check: that check guards hashes at trust boundaries, and state values never
+    cross one. Still typed, so a corrupted store fails loudly rather than silently."""
+    dec = _decoders.get(typ)
+    if dec is None:
+        dec = msgspec.msgpack.Decoder(typ)
+        _decoders[typ] = dec
+    try:
+        out: T = dec.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise EncodingError(f"corrupt stored {_name(typ)}: {exc}") from None
+    return out
+
+
 def digest(obj: Any) -> bytes:
     """SHA-256 of the canonical encoding."""
     return hashlib.sha256(encode(obj)).digest()

@@ -235,16 +235,8 @@ class Node:
     def _on_commit(self, c: Committed) -> None:
         if not self._replaying:
             self.wal.start_height(c.height + 1)
-        block = self.blocks.load_block(c.height)
-        hashes = [sha256(t) for t in block.txs] if block else []
-        ev = BlockEvent(
-            c.height,
-            c.block_hash,
-            c.round,
-            block.header.time_ms if block else 0,
-            c.app_hash,
-            hashes,
-        )
+        hashes = list(c.tx_hashes)
+        ev = BlockEvent(c.height, c.block_hash, c.round, c.time_ms, c.app_hash, hashes)
         self.recent_blocks.append(ev)
         for h in hashes:
             for fut in self._commit_waiters.pop(h, []):

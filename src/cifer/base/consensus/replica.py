@@ -17,6 +17,7 @@ from cifer.base.chain.types import (
     Commit,
     DuplicateVoteEvidence,
     ValidationError,
+    sha256,
 )
 from cifer.base.consensus.machine import (
     Action,
@@ -81,6 +82,8 @@ class Committed:
     block_hash: bytes
     app_hash: bytes
     n_txs: int
+    time_ms: int = 0
+    tx_hashes: tuple[bytes, ...] = ()
 
 
 Output = Send | Schedule | Committed
@@ -251,7 +254,13 @@ class Replica:
             self.evidence.pop(e.offense(), None)
         self._out.append(
             Committed(
-                block.header.height, commit.round, block.hash(), result.app_hash, len(block.txs)
+                block.header.height,
+                commit.round,
+                block.hash(),
+                result.app_hash,
+                len(block.txs),
+                block.header.time_ms,
+                tuple(sha256(t) for t in block.txs),
             )
         )
 
