@@ -90,13 +90,13 @@ def simulate(
     weighting: str = typer.Option("uniform", help="Client weights: uniform or samples."),
     root_size: int = typer.Option(100, help="Server root dataset size (FLTrust)."),
     data_dir: Path | None = typer.Option(None, help="Dataset root (default $CIFER_DATA_DIR)."),
-    download: bool = typer.Option(False, help="Download missing dataset files."),
+    download: bool = typer.Option(False, "--download", help="Download missing dataset files."),
     subset: int | None = typer.Option(None, help="Keep at most N samples per split."),
     backend: str = typer.Option("local", help="local (in-process) or ray."),
     out: Path | None = typer.Option(None, help="Results directory (JSON + PNG)."),
-    force: bool = typer.Option(False, help="Overwrite a non-empty --out directory."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out directory."),
     plot: bool = typer.Option(True, help="Write accuracy.png (needs matplotlib)."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Run a federated-learning experiment and report per-round test accuracy."""
     from cifer.compute.fl.plotting import prepare_out_dir, write_results
