@@ -19,6 +19,7 @@ GROUPS = (
     ("cifer.app.cli.keys", "keys"),
     ("cifer.app.cli.localnet", "localnet"),
     ("cifer.app.cli.node", "node"),
+    ("cifer.app.cli.fl", "fl"),
     ("cifer.app.cli.bench", "bench"),
 )
 

@@ -271,11 +271,13 @@ def build_app(node: Node) -> FastAPI:
         if len(body.txs) > MAX_BATCH:
             raise HTTPException(400, f"at most {MAX_BATCH} txs per batch")
         raws = [_decode_tx(t) for t in body.txs]
-        results = []
-        for raw in raws:
-            ok, reason, _ = await node.submit_tx(raw)
-            results.append({"hash": _hex(sha256(raw)), "accepted": ok, "log": reason})
-        return {"results": results}
+        checked = node.submit_txs(raws)
+        return {
+            "results": [
+                {"hash": _hex(sha256(raw)), "accepted": ok, "log": reason}
+                for raw, (ok, reason) in zip(raws, checked, strict=True)
+            ]
+        }
 
     @api.websocket("/ws/blocks")
     async def ws_blocks(ws: WebSocket) -> None:

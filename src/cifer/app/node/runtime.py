@@ -180,6 +180,14 @@ class Node:
         self._process(outs)
         return True
 
+    def submit_txs(self, txs: list[bytes]) -> list[tuple[bool, str]]:
+        """A batch of client txs, checked in order and gossiped as one message."""
+        if self.halted:
+            return [(False, f"node halted: {self.halted}")] * len(txs)
+        results, outs = self.replica.submit_txs(txs, now_ms())
+        self._process(outs)
+        return results
+
     async def submit_tx(self, tx: bytes, wait_commit: float | None = None) -> tuple[bool, str, int]:
         """Check and gossip a client tx; optionally wait for its block. -> (ok, log, height)."""
         h = sha256(tx)
@@ -208,7 +216,9 @@ class Node:
             if isinstance(o, Send):
                 data = encode_message(o.msg)
                 if self._own(o.msg) and not self._replaying:
-                    self.wal.write(WalMessage(b"", data), sync=True)
+                    # Own votes are made durable before they leave. An own proposal is only
+                    # written: the fsync of the vote that depends on it covers it as well.
+                    self.wal.write(WalMessage(b"", data), sync=isinstance(o.msg, VoteMsg))
                 if o.to is None:
                     self.network.broadcast(data)
                 else:

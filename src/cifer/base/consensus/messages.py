@@ -28,6 +28,12 @@ class TxMsg(Canonical, frozen=True, tag="tx"):
     tx: bytes
 
 
+class TxsMsg(Canonical, frozen=True, tag="txs"):
+    """Several txs in one frame: per-message costs dominate for small txs."""
+
+    txs: list[bytes]
+
+
 class StatusMsg(Canonical, frozen=True, tag="status"):
     """A peer's height, sent periodically so laggards learn they are behind."""
 
@@ -83,6 +89,7 @@ Message = (
     | VoteMsg
     | EvidenceMsg
     | TxMsg
+    | TxsMsg
     | StatusMsg
     | HasVotesMsg
     | SyncRequest

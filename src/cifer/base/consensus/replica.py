@@ -44,6 +44,7 @@ from cifer.base.consensus.messages import (
     SyncRequest,
     SyncResponse,
     TxMsg,
+    TxsMsg,
     VoteBits,
     VoteMsg,
 )
@@ -51,6 +52,7 @@ from cifer.base.consensus.privval import Signer
 
 MAX_FUTURE_MESSAGES = 2000
 MAX_VOTES_PER_REPLY = 256
+MAX_TXS_PER_MSG = 10_000
 SYNC_RETRY_MS = 250
 
 
@@ -170,6 +172,21 @@ class Replica:
             self._out.append(Send(None, has))
         return self._drain()
 
+    def submit_txs(
+        self, txs: list[bytes], now_ms: int
+    ) -> tuple[list[tuple[bool, str]], list[Output]]:
+        """Client txs: check each, and gossip the admitted ones together in one message."""
+        self.now_ms = now_ms
+        results, admitted = [], []
+        for tx in txs:
+            res = self.mempool.add(tx)
+            results.append((res.ok, res.log))
+            if res.ok:
+                admitted.append(tx)
+        if admitted:
+            self._out.append(Send(None, TxsMsg(admitted)))
+        return results, self._drain()
+
     def submit_tx(self, tx: bytes, now_ms: int) -> tuple[bool, str, list[Output]]:
         """A client tx: check it, and gossip it if admitted."""
         self.now_ms = now_ms
@@ -198,6 +215,9 @@ class Replica:
                 self._run(self.machine.on_proposal(msg.proposal, msg.block))
         elif isinstance(msg, TxMsg):
             self.mempool.add(msg.tx)
+        elif isinstance(msg, TxsMsg):
+            for tx in msg.txs[:MAX_TXS_PER_MSG]:
+                self.mempool.add(tx)
         elif isinstance(msg, EvidenceMsg):
             self._add_evidence(msg.evidence, gossip=True)
         elif isinstance(msg, StatusMsg):
