@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from cifer.app.node.config import Home, read_key
 from cifer.app.node.localnet import init_localnet
 from cifer.app.node.runtime import Node
@@ -25,8 +27,7 @@ def test_lock_survives_a_crash(tmp_path: Path) -> None:
 
     async def first_life() -> tuple[int, bytes | None]:
         node = Node(home.root)
-        node._process(node.replica.start(0))  # as Node.run() does: start, then the WAL
-        node._replay_wal()
+        node.resume()  # what Node.run() does before serving
         proposer = node.executor.proposer_rotation()(0)
         if proposer == me:  # node0 proposed at start; take its block from its own state
             h = node.replica.machine.h
@@ -51,9 +52,7 @@ def test_lock_survives_a_crash(tmp_path: Path) -> None:
 
     async def second_life() -> tuple[int, bytes | None]:
         node = Node(home.root)
-        node._process(node.replica.start(0))
-        assert node.replica.machine.locked() == (-1, None)  # a fresh replica holds no lock
-        node._replay_wal()
+        node.resume()
         return node.replica.machine.locked()
 
     assert asyncio.run(second_life()) == locked

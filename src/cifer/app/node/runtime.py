@@ -112,8 +112,7 @@ class Node:
         from cifer.app.node.api import serve_api
 
         await self.network.start()
-        self._process(self.replica.start(now_ms()))
-        self._replay_wal()
+        self.resume()
         gossip = asyncio.create_task(self._gossip_loop())
         api = asyncio.create_task(serve_api(self, stop))
         log.info(
@@ -256,11 +255,18 @@ class Node:
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(ev)
 
-    def _replay_wal(self) -> None:
+    def resume(self) -> None:
+        """Start consensus at the next height, then replay this height's WAL.
+
+        The WAL is read (and, if it belongs to another height, reset) before the replica
+        starts, since starting may already produce messages, such as this node's own
+        proposal, that must land in the log after the height marker.
+        """
         height, entries = WAL.read(self.wal.path)
         if height != self.replica.height:
             self.wal.start_height(self.replica.height)
-            return
+            entries = []
+        self._process(self.replica.start(now_ms()))
         self._replaying = True
         try:
             for e in entries:
@@ -275,4 +281,5 @@ class Node:
                     self._safe(partial(self.replica.on_timer, t, now_ms()))
         finally:
             self._replaying = False
-        log.info("replayed %d WAL records at height %d", len(entries), height)
+        if entries:
+            log.info("replayed %d WAL records at height %d", len(entries), height)
