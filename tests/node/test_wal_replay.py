@@ -17,12 +17,14 @@ from cifer.base.consensus.privval import Signer
 PEER = b"\x01" * 32
 
 
-def test_lock_survives_a_crash(tmp_path: Path) -> None:
+@pytest.mark.parametrize("crashed_node_proposes", [True, False])
+def test_lock_survives_a_crash(tmp_path: Path, crashed_node_proposes: bool) -> None:
     spec = init_localnet(tmp_path / "net", 4, accounts=1)
-    home = Home(Path(spec.nodes[0].home))
-    keys = {
-        k.address: k for k in (read_key(Home(Path(n.home)).validator_key_file) for n in spec.nodes)
-    }
+    homes = [Home(Path(n.home)) for n in spec.nodes]
+    keys = {k.address: k for k in (read_key(h.validator_key_file) for h in homes)}
+    first_proposer = Node(homes[0].root).executor.proposer_rotation()(0)
+    is_first = [read_key(h.validator_key_file).address == first_proposer for h in homes]
+    home = homes[is_first.index(crashed_node_proposes)]
     me = read_key(home.validator_key_file).address
 
     async def first_life() -> tuple[int, bytes | None]:
