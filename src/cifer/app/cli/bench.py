@@ -130,3 +130,107 @@ def ledger(
 
 def _progress(status: Status, rate: int) -> Callable[[str], None]:
     return lambda m: status.update(f"rate {rate}: {m}")
+
+
+@app.command()
+def aggregation(
+    clients: int = typer.Option(50, help="Clients (rows of the update matrix)."),
+    byzantine: int = typer.Option(10, help="Byzantine clients among them (f)."),
+    dim: int = typer.Option(1_000_000, help="Parameters per update (float32)."),
+    runs: int = typer.Option(3, help="Repetitions; medians are reported."),
+    seed: int = typer.Option(0, help="Seed of the synthetic updates."),
+) -> None:
+    """Our aggregation rules vs Flower's (and byzfl's) on identical inputs, in one process."""
+    from cifer.app.bench import aggregation as agg
+
+    if clients < 1 or dim < 1 or runs < 1 or not 0 <= byzantine < clients:
+        raise typer.BadParameter("need --clients, --dim, --runs >= 1, 0 <= --byzantine < clients")
+    console.print(f"machine: {machine()}")
+    if agg.load_flower() is None:
+        console.print(
+            "[yellow]Flower (flwr) is not installed, so only our rules are timed. Install the "
+            "benchmark extra to compare: pip install -e '.\\[bench]'[/yellow]"
+        )
+    if agg.load_byzfl() is None:
+        console.print("byzfl is not installed (or lacks torch/scipy): no byzfl column.")
+    load_before = os.getloadavg()[0]
+    with console.status("running") as status:
+        report = agg.run(clients, byzantine, dim, runs, seed, progress=status.update)
+    load_after = os.getloadavg()[0]
+
+    def secs(v: float | None) -> str:
+        return "" if v is None else f"{v:.3g}"
+
+    def times(v: float | None) -> str:
+        return "" if v is None else f"{v:.1f}x"
+
+    def agreement(a: agg.Agreement | None) -> str:
+        if a is None:
+            return ""
+        if a.ok is None:
+            return "differs: see docs"
+        diff = "n/a" if a.max_abs_diff is None else f"{a.max_abs_diff:.1e}"
+        return f"{diff} ok" if a.ok else f"{diff} MISMATCH"
+
+    table = Table(
+        title=f"cifer bench aggregation: n={report.n}, f={report.f}, d={report.d:,} float32, "
+        f"median of {report.runs} runs"
+    )
+    for col in ("rule", "ours (s)", "Flower (s)", "ratio", "target", "byzfl (s)", "ratio"):
+        table.add_column(col, justify="left" if col == "rule" else "right")
+    table.add_column("max |Δ| Flower", justify="right")
+    table.add_column("max |Δ| byzfl", justify="right")
+    for row in report.rows:
+        target = row.target
+        met = row.meets_target
+        tgt = "" if target is None else f"{target:.0f}x " + ("met" if met else "MISSED")
+        table.add_row(
+            row.rule,
+            secs(row.ours),
+            secs(row.flower_median),
+            times(row.ratio),
+            tgt,
+            secs(row.byzfl_median),
+            times(row.byzfl_ratio),
+            agreement(row.flower),
+            agreement(row.byzfl),
+        )
+    console.print(table)
+    console.print(
+        f"versions: flwr {report.flower_version or 'not installed'}, "
+        f"byzfl {report.byzfl_version or 'not installed'}; BLAS limited to 1 thread for all "
+        f"(threadpoolctl); agreement = np.allclose(rtol={agg.RTOL:g}, atol={agg.ATOL:g})"
+    )
+    console.print(
+        f"inputs: {report.n - report.f} honest (mean ~ N(0,1) + N(0,1) noise), "
+        f"{report.n_alie} ALIE, {report.f - report.n_alie} large-noise (sd "
+        f"{agg.NOISE_ATTACK_STD:g}); Flower gets {agg.NUM_LAYERS} flat layers per client "
+        f"(views of the same rows), 1 example each"
+    )
+    console.print(
+        f"building the {report.n} x {report.d:,} matrix from per-client layer lists: "
+        f"{report.pack_median:.3f} s (not in our times; Flower's functions flatten inside theirs)"
+    )
+    for row in report.rows:
+        notes = [c for c in (row.flower_config, row.byzfl_config) if c]
+        if row.byzfl is not None and row.byzfl.note:
+            notes.append(row.byzfl.note)
+        if notes:
+            console.print(f"  {row.rule}: " + "; ".join(notes))
+    console.print("seconds per run (ours | Flower | byzfl):")
+    for row in report.rows:
+        cols = [row.ours_s, row.flower_s, row.byzfl_s]
+        console.print(
+            f"  {row.rule}: " + " | ".join(" ".join(f"{t:.3g}" for t in ts) or "-" for ts in cols)
+        )
+    console.print(f"1-minute load average: {load_before:.2f} before, {load_after:.2f} after")
+    tm = report.torch_median
+    if tm is not None:
+        console.print(
+            f"byzfl Median, torch backend (1 thread): {tm.seconds:.3f} s; max |Δ| vs ours "
+            f"{tm.vs_ours.max_abs_diff:.1e} ({'ok' if tm.vs_ours.ok else 'differs'}), vs the "
+            f"lower median {tm.vs_lower_median.max_abs_diff:.1e} "
+            f"({'ok' if tm.vs_lower_median.ok else 'differs'})"
+        )
+    for line in report.skipped:
+        console.print(f"skipped {line}")

@@ -150,12 +150,16 @@ Aggregator = Callable[[FloatArray, FloatArray, AggContext], AggResult]
 
 
 def check_inputs(
-    updates: object, weights: object, ctx: AggContext, *, rule: str
+    updates: object, weights: object, ctx: AggContext, *, rule: str, scan_finite: bool = True
 ) -> tuple[FloatArray, F64Array]:
     """Validate updates, weights and ``ctx.f``; return the arrays (weights as float64).
 
     Errors name the client index and the problem, since a validator logs them as the
-    reason a proposed aggregate was rejected.
+    reason a proposed aggregate was rejected. ``scan_finite=False`` skips the pass over
+    the updates that looks for NaN/inf (a tenth to a fifth of a fast rule's time at
+    d = 10^6); a rule that passes it must call :func:`ensure_finite` with a summary its
+    own pass yields for free (the Gram diagonal, the sorted extremes), which reports the
+    same error when that summary shows a non-finite value.
     """
     if not isinstance(updates, np.ndarray):
         raise AggregationError(f"{rule}: updates must be a numpy array, got {type(updates)}")
@@ -170,7 +174,8 @@ def check_inputs(
         raise AggregationError(f"{rule}: no client updates")
     if d == 0:
         raise AggregationError(f"{rule}: updates have zero length")
-    _check_finite_rows(updates, rule)
+    if scan_finite:
+        _check_finite_rows(updates, rule)
     w = _check_weights(weights, n, rule)
     f = ctx.f
     if isinstance(f, bool) or not isinstance(f, int | np.integer) or f < 0:
@@ -180,11 +185,26 @@ def check_inputs(
     return updates, w
 
 
+def ensure_finite(summary_finite: bool, updates: FloatArray, rule: str) -> None:
+    """Raise check_inputs' NaN/inf error for ``updates`` unless ``summary_finite``.
+
+    For rules that called ``check_inputs(..., scan_finite=False)``. The summary must be
+    non-finite whenever an update is: a Gram diagonal (sums of squares in float64, which
+    cannot overflow for float32 rows) or the extremes of each sorted coordinate (numpy
+    sorts NaN last). A float64 row whose squares overflow makes the Gram diagonal inf
+    although the row is finite; the exact re-scan then finds nothing, and the rule
+    proceeds as it would have after a full check_inputs.
+    """
+    if not summary_finite:
+        _check_finite_rows(updates, rule)
+
+
 def _check_finite_rows(updates: FloatArray, rule: str) -> None:
-    # Fast path: a float64 row sum of float32 data cannot overflow, so it is finite iff the
-    # row is; float64 rows can overflow, so suspicious rows are re-checked exactly.
+    # Fast path: a row sum is non-finite if the row is (NaN and inf propagate, inf - inf
+    # is NaN). It is taken in the updates' own dtype (3x faster than casting float32 to
+    # float64), so a finite row can overflow it; suspicious rows are re-checked exactly.
     with np.errstate(over="ignore", invalid="ignore"):
-        sums = updates.sum(axis=1, dtype=np.float64)
+        sums = updates.sum(axis=1)
     for i in np.flatnonzero(~np.isfinite(sums)):
         row = updates[i]
         nan = np.flatnonzero(np.isnan(row))
@@ -279,6 +299,27 @@ def column_blocks(d: int, block: int = BLOCK) -> Iterator[slice]:
         yield slice(start, min(start + block, d))
 
 
+def _block_buffer(rows: int, d: int, block: int = BLOCK) -> F64Array:
+    """Flat float64 scratch space for ``rows`` x (up to) ``block`` columns.
+
+    Each block is cast into a view of it (``_block_view``) instead of a fresh
+    ``astype`` temporary: same values, one allocation per call instead of one per block
+    (measured 10-15% of the Gram pass and a third of the combination pass at n = 50,
+    d = 10^6).
+    """
+    return np.empty(rows * min(block, d), dtype=np.float64)
+
+
+def _block_view(buf: F64Array, rows: int, sl: slice) -> F64Array:
+    """A C-contiguous (rows, block width) view at the start of ``buf``."""
+    width = sl.stop - sl.start
+    return buf[: rows * width].reshape(rows, width)
+
+
+#: Below this block width, gathering rows with one fancy index beats a Python loop.
+_ROW_LOOP_MIN_WIDTH = 4096
+
+
 def gram(updates: FloatArray, extra: tuple[F64Array, ...] = ()) -> F64Array:
     """Gram matrix Z Z^T in float64 of Z = [updates; extra rows], streamed over columns.
 
@@ -288,15 +329,13 @@ def gram(updates: FloatArray, extra: tuple[F64Array, ...] = ()) -> F64Array:
     n, d = updates.shape
     m = n + len(extra)
     out = np.zeros((m, m), dtype=np.float64)
+    buf = _block_buffer(m, d)
     with blas_single_thread():
         for sl in column_blocks(d):
-            if extra:
-                z = np.empty((m, sl.stop - sl.start), dtype=np.float64)
-                z[:n] = updates[:, sl]
-                for k, vec in enumerate(extra):
-                    z[n + k] = vec[sl]
-            else:
-                z = updates[:, sl].astype(np.float64)
+            z = _block_view(buf, m, sl)
+            np.copyto(z[:n], updates[:, sl])
+            for k, vec in enumerate(extra):
+                z[n + k] = vec[sl]
             out += z @ z.T
     # Symmetrise: syrk fills both triangles identically, but a general gemm may not.
     return (out + out.T) * 0.5
@@ -317,18 +356,25 @@ def combine(
     extra: tuple[tuple[float, F64Array], ...] = (),
 ) -> F64Array:
     """sum_i coef[i] * updates[i] (+ sum c * v for (c, v) in extra), in float64."""
-    d = updates.shape[1]
-    out = np.empty(d, dtype=np.float64)
+    n, d = updates.shape
+    out = np.zeros(d, dtype=np.float64)
     nz = np.flatnonzero(coef)
-    c = coef[nz]
-    all_rows = nz.size == updates.shape[0]
-    with blas_single_thread():
-        for sl in column_blocks(d):
-            if not nz.size:
-                out[sl] = 0.0
-                continue
-            rows = updates[:, sl] if all_rows else updates[nz, sl]
-            out[sl] = c @ rows.astype(np.float64)
+    if nz.size:
+        c = np.ascontiguousarray(coef[nz], dtype=np.float64)
+        k = nz.size
+        rows = nz.tolist()
+        buf = _block_buffer(k, d)
+        with blas_single_thread():
+            for sl in column_blocks(d):
+                z = _block_view(buf, k, sl)
+                if k == n:
+                    np.copyto(z, updates[:, sl])
+                elif z.shape[1] >= _ROW_LOOP_MIN_WIDTH:
+                    for r, i in enumerate(rows):  # no float32 gather temporary
+                        z[r] = updates[i, sl]
+                else:
+                    z[...] = updates[nz, sl]
+                np.dot(c, z, out=out[sl])
     for scale, vec in extra:
         if scale != 0.0:
             out += scale * vec

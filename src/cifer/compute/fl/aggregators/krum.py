@@ -37,6 +37,7 @@ from cifer.compute.fl.aggregators.base import (
     check_inputs,
     column_blocks,
     combine,
+    ensure_finite,
     gram,
     require,
     sorted_columns,
@@ -95,6 +96,13 @@ def rank_clients(scores: F64Array, x: FloatArray, members: IntArray) -> IntArray
     return ranked
 
 
+def _distances(x: FloatArray, rule: str) -> F64Array:
+    """Pairwise squared distances; also the NaN/inf check (from the Gram diagonal)."""
+    g = gram(x)
+    ensure_finite(bool(np.isfinite(np.diagonal(g)).all()), x, rule)
+    return sq_distances(g)
+
+
 def _one_hot(n: int, idx: IntArray) -> BoolArray:
     mask = np.zeros(n, dtype=np.bool_)
     mask[idx] = True
@@ -106,11 +114,11 @@ def krum(updates: FloatArray, weights: FloatArray, ctx: AggContext) -> AggResult
 
     Scores: Krum score (lower is more central). Accepted: only the selected client.
     """
-    x, _ = check_inputs(updates, weights, ctx, rule="krum")
+    x, _ = check_inputs(updates, weights, ctx, rule="krum", scan_finite=False)
     n = x.shape[0]
     f = ctx.f
     require(n >= 2 * f + 3, "krum", f"needs n >= 2f+3, got n={n}, f={f}")
-    scores = krum_scores(sq_distances(gram(x)), f)
+    scores = krum_scores(_distances(x, "krum"), f)
     best = int(rank_clients(scores, x, np.arange(n, dtype=np.intp))[0])
     sel = np.array([best], dtype=np.intp)
     return AggResult(x[best].copy(), _one_hot(n, sel), scores, {"selected": (best,)})
@@ -122,14 +130,14 @@ def multi_krum(updates: FloatArray, weights: FloatArray, ctx: AggContext) -> Agg
     Needs n >= 2f + 3 and 1 <= m <= n. Parameter ``weighted`` (default False): see the
     module docstring. Scores: Krum score. Accepted: the m selected clients.
     """
-    x, w = check_inputs(updates, weights, ctx, rule="multi_krum")
+    x, w = check_inputs(updates, weights, ctx, rule="multi_krum", scan_finite=False)
     n = x.shape[0]
     f = ctx.f
     require(n >= 2 * f + 3, "multi_krum", f"needs n >= 2f+3, got n={n}, f={f}")
     m = ctx.param_int("m", n - f, low=1)
     require(m <= n, "multi_krum", f"m={m} exceeds the number of clients n={n}")
     weighted = ctx.param_bool("weighted", False)
-    scores = krum_scores(sq_distances(gram(x)), f)
+    scores = krum_scores(_distances(x, "multi_krum"), f)
     sel = np.sort(rank_clients(scores, x, np.arange(n, dtype=np.intp))[:m])
     coef = np.zeros(n, dtype=np.float64)
     if weighted:
@@ -156,13 +164,13 @@ def bulyan(updates: FloatArray, weights: FloatArray, ctx: AggContext) -> AggResu
     identical attackers scores 0 there and one of them is selected; stage 2 is what
     discards it. This is the paper's procedure (and Flower's), not a deviation.
     """
-    x, _ = check_inputs(updates, weights, ctx, rule="bulyan")
+    x, _ = check_inputs(updates, weights, ctx, rule="bulyan", scan_finite=False)
     n, d = x.shape
     f = ctx.f
     require(n >= 4 * f + 3, "bulyan", f"needs n >= 4f+3, got n={n}, f={f}")
     theta = n - 2 * f
     beta = theta - 2 * f
-    dist = sq_distances(gram(x))
+    dist = _distances(x, "bulyan")
     scores = krum_scores(dist, f)
     remaining = np.arange(n, dtype=np.intp)
     order: list[int] = []
