@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -21,7 +22,7 @@ from cifer.app.contracts.bank import send_msg
 from cifer.app.genesis_builder import account_key, make_genesis
 from cifer.app.txbuilder import make_tx
 from cifer.base.chain.genesis import Genesis
-from cifer.base.consensus.sim.runner import SIM_TIMEOUTS, SimConfig, run
+from cifer.base.consensus.sim.runner import SIM_TIMEOUTS, SimConfig, SimResult, run
 from cifer.base.crypto.keys import PrivateKey
 from cifer.base.store.state import StateStore
 
@@ -65,15 +66,10 @@ def signed_transfers(n_txs: int, n_accounts: int, seed: int) -> list[bytes]:
     return out
 
 
-def run_bench(
-    n_txs: int = 4000,
-    validators: int = 4,
-    n_accounts: int = 200,
-    seed: int = 0,
-    commit_timeout_ms: int = 200,
-) -> ConsensusBenchResult:
-    txs = signed_transfers(n_txs, n_accounts, seed)
-    accounts = [account_key(i).address for i in range(n_accounts)]
+def _calm_run(
+    validators: int, seed: int, commit_timeout_ms: int, accounts: list[bytes], **load: Any
+) -> tuple[SimResult, float]:
+    """One honest run of the real app on a calm virtual network; returns (result, wall s)."""
 
     def genesis(keys: list[PrivateKey]) -> Genesis:
         return make_genesis(
@@ -83,38 +79,52 @@ def run_bench(
             consensus=msgspec.structs.replace(SIM_TIMEOUTS, timeout_commit_ms=commit_timeout_ms),
         )
 
-    it = iter(txs)
     cfg = SimConfig(
         validators=validators,
         byzantine=0,
-        heights=10**9,
         seed=seed,
         chaos_ms=0,
         drop=0.0,
         duplicate=0.0,
         max_delay_ms=5,
         partitions=False,
-        tx_per_sec=20_000,
-        tx_limit=n_txs,
-        until_txs=n_txs,
         liveness_budget_ms=3_600_000,
         app_factory=lambda: CiferApp(StateStore(":memory:")),
         genesis_factory=genesis,
-        tx_factory=lambda _rng, _i: next(it),
-        tx_router=lambda i: (i - 1) % n_accounts,  # each account's client uses one node
+        **load,
     )
     t0 = time.perf_counter()
     r = run(cfg)
     wall = time.perf_counter() - t0
     if r.violations:
         raise RuntimeError(f"benchmark run broke an invariant: {r.violations}")
+    return r, wall
+
+
+def run_bench(
+    n_txs: int = 4000,
+    validators: int = 4,
+    n_accounts: int = 200,
+    seed: int = 0,
+    commit_timeout_ms: int = 200,
+) -> ConsensusBenchResult:
+    """Signed ~1 KiB transfers until all are committed."""
+    txs = signed_transfers(n_txs, n_accounts, seed)
+    it = iter(txs)
+    r, wall = _calm_run(
+        validators,
+        seed,
+        commit_timeout_ms,
+        [account_key(i).address for i in range(n_accounts)],
+        heights=10**9,
+        tx_per_sec=20_000,
+        tx_limit=n_txs,
+        until_txs=n_txs,
+        tx_factory=lambda _rng, _i: next(it),
+        tx_router=lambda i: (i - 1) % n_accounts,  # each account's client uses one node
+    )
     return ConsensusBenchResult(
-        validators=validators,
-        txs=r.committed_txs,
-        tx_bytes=len(txs[0]),
-        heights=min(r.heights),
-        wall_s=wall,
-        virtual_s=r.virtual_ms / 1000,
+        validators, r.committed_txs, len(txs[0]), min(r.heights), wall, r.virtual_ms / 1000
     )
 
 
@@ -122,32 +132,5 @@ def run_heights(
     heights: int = 200, validators: int = 4, seed: int = 0, commit_timeout_ms: int = 0
 ) -> ConsensusBenchResult:
     """Empty blocks only: the cost of consensus itself (votes, signatures, app commit)."""
-
-    def genesis(keys: list[PrivateKey]) -> Genesis:
-        return make_genesis(
-            CHAIN_ID,
-            validator_pubkeys=[k.public.raw for k in keys],
-            consensus=msgspec.structs.replace(SIM_TIMEOUTS, timeout_commit_ms=commit_timeout_ms),
-        )
-
-    cfg = SimConfig(
-        validators=validators,
-        byzantine=0,
-        heights=heights,
-        seed=seed,
-        chaos_ms=0,
-        drop=0.0,
-        duplicate=0.0,
-        max_delay_ms=5,
-        partitions=False,
-        tx_per_sec=0,
-        liveness_budget_ms=3_600_000,
-        app_factory=lambda: CiferApp(StateStore(":memory:")),
-        genesis_factory=genesis,
-    )
-    t0 = time.perf_counter()
-    r = run(cfg)
-    wall = time.perf_counter() - t0
-    if r.violations:
-        raise RuntimeError(f"benchmark run broke an invariant: {r.violations}")
+    r, wall = _calm_run(validators, seed, commit_timeout_ms, [], heights=heights, tx_per_sec=0)
     return ConsensusBenchResult(validators, 0, 0, min(r.heights), wall, r.virtual_ms / 1000)
