@@ -133,7 +133,7 @@ def test_evidence_removes_the_offender_two_heights_later(tmp_path: Path) -> None
     assert len(ex.validator_set()) == 3
     # the same offense cannot be punished twice
     with pytest.raises(ValidationError, match="already"):
-        ex._check_evidence(ev)
+        ex.check_evidence(ev)
 
 
 def test_validate_block_names_what_is_wrong(tmp_path: Path) -> None:

@@ -216,7 +216,7 @@ def build_app(node: Node) -> FastAPI:
         b = node.blocks.load_block(height)
         assert b is not None
         proof = prove_tx(b, index)
-        results = node.executor._results.load(height)
+        results = node.executor.results_at(height)
         res = results.tx_results[index] if results and index < len(results.tx_results) else None
         return {
             "hash": _hex(h),

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -102,8 +101,6 @@ class Node:
         self._timers: set[asyncio.TimerHandle] = set()
         self._commit_waiters: dict[bytes, list[asyncio.Future[int]]] = {}
         self.subscribers: set[asyncio.Queue[BlockEvent]] = set()
-        self.recent_blocks: deque[BlockEvent] = deque(maxlen=256)
-        self.started_ms = now_ms()
         self.halted: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -116,9 +113,10 @@ class Node:
         gossip = asyncio.create_task(self._gossip_loop())
         api = asyncio.create_task(serve_api(self, stop))
         log.info(
-            "node %s up: height %d, p2p %s:%d, api http://%s:%d",
+            "node %s up: height %d (%d blocks replayed), p2p %s:%d, api http://%s:%d",
             self.config.moniker,
             self.executor.state.last_height,
+            self.replayed_blocks,
             self.config.p2p_host,
             self.config.p2p_port,
             self.config.api_host,
@@ -246,7 +244,6 @@ class Node:
             self.wal.start_height(c.height + 1)
         hashes = list(c.tx_hashes)
         ev = BlockEvent(c.height, c.block_hash, c.round, c.time_ms, c.app_hash, hashes)
-        self.recent_blocks.append(ev)
         for h in hashes:
             for fut in self._commit_waiters.pop(h, []):
                 if not fut.done():

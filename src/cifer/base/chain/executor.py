@@ -237,7 +237,7 @@ class BlockExecutor:
         seen: set[bytes] = set()
         for e in evidence:
             try:
-                self._check_evidence(e)
+                self.check_evidence(e)
             except ValidationError:
                 continue
             if e.offense() not in seen:
@@ -281,7 +281,7 @@ class BlockExecutor:
             last_vset.verify_commit(s.chain_id, s.last_block_hash, block.last_commit)
         seen: set[bytes] = set()
         for e in block.evidence:
-            self._check_evidence(e)
+            self.check_evidence(e)
             if e.offense() in seen:
                 raise ValidationError("block carries two pieces of evidence for one offense")
             seen.add(e.offense())
@@ -289,7 +289,7 @@ class BlockExecutor:
         if not res.accept:
             raise ValidationError(f"application rejected the block: {res.reason}")
 
-    def _check_evidence(self, e: DuplicateVoteEvidence) -> None:
+    def check_evidence(self, e: DuplicateVoteEvidence) -> None:
         s = self.state
         height = s.last_height + 1
         if e.height >= height or e.height < 1:
@@ -302,6 +302,10 @@ class BlockExecutor:
         if vset is None:
             raise ValidationError("no validator set known for the evidence height")
         e.verify(s.chain_id, vset)
+
+    def results_at(self, height: int) -> FinalizeResult | None:
+        """The application's results for a committed height (tx codes and logs)."""
+        return self._results.load(height)
 
     def verify_decided(self, block: Block, commit: Commit) -> None:
         """Block sync: a block from a peer is decided iff its commit carries > 2/3 power."""

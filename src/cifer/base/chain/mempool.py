@@ -7,6 +7,11 @@ from collections import OrderedDict
 from cifer.base.chain.abci import Application, CheckTxResult
 from cifer.base.chain.types import sha256
 
+#: Mempool refusals, numbered above the application's own check_tx codes.
+CODE_DUPLICATE = 100
+CODE_COMMITTED = 101
+CODE_FULL = 102
+
 DEFAULT_MAX_TXS = 20_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
@@ -36,11 +41,11 @@ class Mempool:
         """Admit ``tx`` if new, within limits and accepted by the application."""
         h = sha256(tx)
         if h in self._txs:
-            return CheckTxResult(code=100, log="tx already in mempool")
+            return CheckTxResult(code=CODE_DUPLICATE, log="tx already in mempool")
         if h in self._recently_committed:
-            return CheckTxResult(code=101, log="tx already committed")
+            return CheckTxResult(code=CODE_COMMITTED, log="tx already committed")
         if len(self._txs) >= self.max_txs or self._bytes + len(tx) > self.max_bytes:
-            return CheckTxResult(code=102, log="mempool is full")
+            return CheckTxResult(code=CODE_FULL, log="mempool is full")
         res = self.app.check_tx(tx)
         if res.ok:
             self._txs[h] = tx

@@ -289,7 +289,7 @@ class Replica:
         # drop evidence that has become too old or was committed meanwhile
         for k, e in list(self.evidence.items()):
             try:
-                ex._check_evidence(e)
+                ex.check_evidence(e)
             except ValidationError:
                 del self.evidence[k]
         self._run(
@@ -304,7 +304,7 @@ class Replica:
         if k in self.evidence:
             return
         try:
-            self.executor._check_evidence(e)
+            self.executor.check_evidence(e)
         except ValidationError:
             # evidence for the height being decided is checked against the current set
             if e.height != self.height:

@@ -158,6 +158,15 @@ def check_hyper(epochs: int, batch_size: int, lr: float, steps: int | None, name
         raise TrainerError(f"{name}: lr must be finite and >= 0, got {lr}")
 
 
+def gradient_batch(n: int, batch_size: int, rng: np.random.Generator) -> IntArray:
+    """Indices of the one minibatch a FedSGD gradient uses; errors name the problem."""
+    if batch_size < 1:
+        raise TrainerError(f"gradient: batch_size must be >= 1, got {batch_size}")
+    if n == 0:
+        raise TrainerError("gradient: no samples")
+    return sample_batch(n, batch_size, rng)
+
+
 def sample_batch(n: int, batch_size: int, rng: np.random.Generator) -> IntArray:
     """Indices of one minibatch: ``batch_size`` distinct samples of ``n`` (all if fewer).
 

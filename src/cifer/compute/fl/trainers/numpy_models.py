@@ -26,8 +26,8 @@ from cifer.compute.fl.trainers.base import (
     TrainerError,
     check_hyper,
     check_xy,
+    gradient_batch,
     minibatches,
-    sample_batch,
 )
 
 #: Rows per forward pass in :meth:`NumpyMLP.evaluate` (bounds activation memory).
@@ -261,12 +261,8 @@ class NumpyMLP:
         rng: np.random.Generator,
     ) -> F32Array:
         """Flat gradient of the mean loss on one minibatch (see :func:`sample_batch`)."""
-        if batch_size < 1:
-            raise TrainerError(f"gradient: batch_size must be >= 1, got {batch_size}")
         xf, yi = check_xy(x, y, self.num_classes, "gradient")
-        if len(yi) == 0:
-            raise TrainerError("gradient: no samples")
-        idx = sample_batch(len(yi), batch_size, rng)
+        idx = gradient_batch(len(yi), batch_size, rng)
         self._loss_grad(self._flatten_x(xf[idx], 1), yi[idx])
         return self._grad.copy()
 

@@ -35,8 +35,8 @@ from cifer.compute.fl.trainers.base import (
     TrainerError,
     check_hyper,
     check_xy,
+    gradient_batch,
     minibatches,
-    sample_batch,
 )
 
 _EPS = 1e-12
@@ -223,12 +223,8 @@ class SklearnTrainer:
         rng: np.random.Generator,
     ) -> F32Array:
         """Flat gradient of the mean data log-loss on one minibatch."""
-        if batch_size < 1:
-            raise TrainerError(f"gradient: batch_size must be >= 1, got {batch_size}")
         xf, yi = self._x(x, y, "gradient")
-        if len(yi) == 0:
-            raise TrainerError("gradient: no samples")
-        idx = sample_batch(len(yi), batch_size, rng)
+        idx = gradient_batch(len(yi), batch_size, rng)
         xb, yb = xf[idx], yi[idx]
         z = self._logits(xb)
         if self._k == 1:

@@ -35,8 +35,8 @@ from cifer.compute.fl.trainers.base import (
     TrainerError,
     check_hyper,
     check_xy,
+    gradient_batch,
     minibatches,
-    sample_batch,
 )
 
 INSTALL_HINT = "pip install torch==2.13.0 (or the 'torch' extra: pip install 'cifer[torch]')"
@@ -238,12 +238,8 @@ class TorchTrainer:
         rng: np.random.Generator,
     ) -> F32Array:
         """Flat gradient of the mean loss on one minibatch (zeros in buffer coordinates)."""
-        if batch_size < 1:
-            raise TrainerError(f"gradient: batch_size must be >= 1, got {batch_size}")
         xf, yi = check_xy(x, y, self.num_classes, "gradient")
-        if len(yi) == 0:
-            raise TrainerError("gradient: no samples")
-        idx = sample_batch(len(yi), batch_size, rng)
+        idx = gradient_batch(len(yi), batch_size, rng)
         self.torch.manual_seed(_seed_from(rng))
         self.module.train()
         self.module.zero_grad(set_to_none=True)
