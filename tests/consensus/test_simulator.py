@@ -60,7 +60,7 @@ def test_a_seed_replays_exactly() -> None:
     )
 
 
-def test_no_progress_without_quorum_then_recovery() -> None:
+def test_no_progress_without_quorum_is_a_liveness_failure_not_a_safety_one() -> None:
     """Two of four silent: nobody may commit; the checker reports liveness, not safety."""
     r = run(
         SimConfig(

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -149,6 +149,7 @@ class Localnet:
 
     directory: Path
     spec: LocalnetSpec
+    _children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, directory: Path) -> Localnet:
@@ -181,7 +182,6 @@ class Localnet:
         pids = self._pids()
         pids[i] = proc.pid
         self._save_pids(pids)
-        self._children = getattr(self, "_children", {})
         self._children[i] = proc
         return proc.pid
 
@@ -211,7 +211,7 @@ class Localnet:
         pid = self._pids().get(i)
         if pid is None:
             return False
-        child = getattr(self, "_children", {}).get(i)
+        child = self._children.get(i)
         if child is not None and child.pid == pid:
             return child.poll() is None
         try:
@@ -238,7 +238,7 @@ class Localnet:
             self._reap(i, timeout_s)
 
     def _reap(self, i: int, timeout_s: float) -> bool:
-        child = getattr(self, "_children", {}).get(i)
+        child = self._children.get(i)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if child is not None:

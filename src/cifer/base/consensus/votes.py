@@ -157,6 +157,3 @@ class HeightVotes:
             if vote is not None and not have:
                 out.append(vote)
         return out
-
-    def all_votes(self) -> list[Vote]:
-        return [v for vs in self._sets.values() for d in vs.votes_for.values() for v in d.values()]

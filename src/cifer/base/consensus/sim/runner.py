@@ -19,7 +19,6 @@ from cifer.base.chain.abci import Application
 from cifer.base.chain.executor import BlockExecutor
 from cifer.base.chain.genesis import ConsensusParams, Genesis, GenesisValidator
 from cifer.base.chain.kvstore import KVStoreApp
-from cifer.base.consensus.messages import Message
 from cifer.base.consensus.privval import Signer
 from cifer.base.consensus.replica import Committed, Output, Replica, Schedule, Send, Timer
 from cifer.base.consensus.sim.byzantine import BEHAVIOURS, GARBAGE_TX, Rewriter
@@ -315,7 +314,3 @@ def _check_commit(
     apps = {ah for _, ah in at.values()}
     if len(apps) > 1:
         violations.append(f"app hash: height {c.height} has {len(apps)} different app hashes")
-
-
-def messages_of(outs: list[Output]) -> list[Message]:
-    return [o.msg for o in outs if isinstance(o, Send)]
