@@ -234,3 +234,129 @@ def aggregation(
         )
     for line in report.skipped:
         console.print(f"skipped {line}")
+
+
+@app.command()
+def simulate(
+    clients: int = typer.Option(100, help="Clients (Flower: simulated SuperNodes)."),
+    rounds: int = typer.Option(10, help="FedAvg rounds per run; round 1 is warm-up."),
+    runs: int = typer.Option(3, help="Repetitions (ours then Flower's each); medians."),
+    dataset: str = typer.Option(
+        "mnist", help="mnist, fashion_mnist (from CIFER_DATA_DIR) or digits (offline)."
+    ),
+    local_steps: int = typer.Option(10, help="Local SGD steps (batch 32) per client per round."),
+    seed: int = typer.Option(0, help="Seed of the partition, model and minibatches."),
+    data_dir: str | None = typer.Option(None, help="Dataset root (default $CIFER_DATA_DIR)."),
+    ours_only: bool = typer.Option(False, "--ours-only", help="Skip Flower (no flwr needed)."),
+    flower_client_cpus: float = typer.Option(
+        2.0, help="Flower's client_resources num_cpus (its default 2: one actor on 2 cores)."
+    ),
+) -> None:
+    """Time per round of our simulation vs Flower's simulation engine, same FedAvg workload."""
+    from rich.markup import escape
+
+    from cifer.app.bench import simulate as sim
+    from cifer.compute.fl.simulation import SimulationError
+
+    workload = sim.Workload(
+        dataset=dataset,
+        clients=clients,
+        rounds=rounds,
+        local_steps=local_steps,
+        seed=seed,
+        data_dir=data_dir,
+    )
+    try:
+        workload.validate()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if runs < 1 or flower_client_cpus <= 0:
+        raise typer.BadParameter("--runs and --flower-client-cpus must be positive")
+    console.print(f"machine: {machine()}")
+    load_before = os.getloadavg()[0]
+    try:
+        with console.status("running") as status:
+            report = sim.run(
+                workload,
+                runs,
+                flower=not ours_only,
+                client_cpus=flower_client_cpus,
+                progress=status.update,
+            )
+    except (sim.FlowerUnavailable, sim.BenchError, SimulationError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    load_after = os.getloadavg()[0]
+
+    def secs(v: float | None) -> str:
+        return "" if v is None else f"{v:.4f}"
+
+    def times(v: float | None) -> str:
+        return "" if v is None else f"{v:.3f}x"
+
+    last = f"2..{rounds}" if rounds > 2 else "2"
+    table = Table(
+        title=f"cifer bench simulate: {clients} clients, {dataset}, {workload.model} "
+        f"({report.num_params:,} parameters), FedAvg, {local_steps} local steps; "
+        f"medians of rounds {last}, median of {runs} runs"
+    )
+    for col in (
+        "engine",
+        "round s",
+        "training s",
+        "overhead s",
+        "round 1 s",
+        "run total s",
+        "final acc",
+    ):
+        table.add_column(col, justify="left" if col == "engine" else "right")
+    engines = [("ours", "ours")] + ([("flower", "Flower")] if report.flower else [])
+    for key, label in engines:
+        runs_of = report.ours if key == "ours" else report.flower
+        table.add_row(
+            label,
+            secs(report.median(key, "round_s")),
+            secs(report.median(key, "train_s")),
+            secs(report.median(key, "overhead_s")),
+            secs(report.median(key, "first_round_s")),
+            f"{report.median(key, 'total_s'):.1f}",
+            " ".join(f"{r.final_accuracy:.4f}" for r in runs_of),
+        )
+    if report.flower:
+        table.add_row(
+            "ours / Flower",
+            times(report.ratio("round_s")),
+            times(report.ratio("train_s")),
+            times(report.ratio("overhead_s")),
+            times(report.ratio("first_round_s")),
+            times(report.ratio("total_s")),
+            "",
+        )
+    console.print(table)
+    if report.flower:
+        ratio = report.ratio("overhead_s")
+        met = "met" if report.meets_target else "MISSED"
+        console.print(
+            f"target: our overhead <= {sim.TARGET_OVERHEAD_RATIO:g} x Flower's: {met} "
+            f"(ours/Flower = {times(ratio)})"
+        )
+        gap = sim.final_accuracy_gap(report)
+        console.print(
+            f"same training check: max |final accuracy ours - Flower| = {gap:.4f}; "
+            f"flwr {report.flower_version}, Ray backend, client_resources num_cpus "
+            f"{flower_client_cpus:g} -> {report.flower[0].workers} actor(s)"
+        )
+    console.print("per run, medians (round | training | overhead s):")
+    for key, label in engines:
+        runs_of = report.ours if key == "ours" else report.flower
+        cells = ", ".join(
+            f"{r.round_s:.4f} | {r.train_s:.4f} | {r.overhead_s:.4f}" for r in runs_of
+        )
+        console.print(f"  {label}: {cells}")
+    console.print(
+        "round = ours: simulator's per-round wall time minus evaluation; Flower: time "
+        "between the strategy's evaluate_fn calls; training = clients' local-training "
+        "compute (ours: train_s; Flower: sum over clients, timed in the ClientApp); "
+        "overhead = round - training"
+    )
+    console.print(f"1-minute load average: {load_before:.2f} before, {load_after:.2f} after")
