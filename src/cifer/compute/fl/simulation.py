@@ -8,6 +8,8 @@ aggregator score summaries, timings); ``cifer fl simulate`` is a thin shell arou
 Setup. The dataset's training split is partitioned among ``clients`` clients
 (:func:`cifer.compute.fl.data.partition`, seeded by ``seed``). Clients ``0 .. f-1`` (``f =
 byzantine``) are Byzantine, the usual simulation layout (:meth:`AttackContext.first`).
+With ``byzantine_data="iid"`` the honest clients alone split the training set and each
+Byzantine client holds an IID shard (Karimireddy et al.'s layout, :func:`build_clients`).
 All clients share one model layout; the global model starts from the trainer's seeded
 initialisation.
 
@@ -143,6 +145,7 @@ class SimulationConfig:
     seed: int = 0
     eval_every: int = 1
     weighting: Literal["uniform", "samples"] = "uniform"
+    byzantine_data: Literal["partition", "iid"] = "partition"
     root_size: int = 100
     data_dir: str | None = None
     download: bool = False
@@ -224,6 +227,10 @@ class SimulationConfig:
         if self.weighting not in ("uniform", "samples"):
             raise SimulationError(
                 f"weighting must be 'uniform' or 'samples', got {self.weighting!r}"
+            )
+        if self.byzantine_data not in ("partition", "iid"):
+            raise SimulationError(
+                f"byzantine_data must be 'partition' or 'iid', got {self.byzantine_data!r}"
             )
         if self.backend not in ("local", "ray"):
             raise SimulationError(f"backend must be 'local' or 'ray', got {self.backend!r}")
@@ -430,11 +437,22 @@ class ClientData:
 
 def build_clients(cfg: SimulationConfig, train: Any) -> list[ClientData]:
     """Partition ``train`` (an ArrayDataset) among the clients; Byzantine clients are
-    ``0 .. byzantine-1`` and get flipped labels under the ``label_flip`` attack."""
+    ``0 .. byzantine-1`` and get flipped labels under the ``label_flip`` attack.
+
+    With ``byzantine_data="iid"`` (Karimireddy et al.'s layout) the honest clients split
+    the whole training set by ``partition`` among themselves, so no class is lost to the
+    attackers, and Byzantine client j gets IID shard j (mod n - f) of the same set."""
     from cifer.compute.fl.data import partition
 
+    f = cfg.byzantine
     try:
-        parts = partition(train.y, cfg.clients, cfg.partition, cfg.seed)
+        if cfg.byzantine_data == "iid" and f > 0:
+            honest = cfg.clients - f
+            shards = partition(train.y, honest, "iid", cfg.seed)
+            parts = [shards[j % honest] for j in range(f)]
+            parts += partition(train.y, honest, cfg.partition, cfg.seed)
+        else:
+            parts = partition(train.y, cfg.clients, cfg.partition, cfg.seed)
     except ValueError as exc:
         raise SimulationError(f"partition {cfg.partition!r}: {exc}") from exc
     flip = attack_kind(cfg.attack) == "data" and cfg.byzantine > 0
@@ -446,7 +464,7 @@ def build_clients(cfg: SimulationConfig, train: Any) -> list[ClientData]:
                 "use fewer clients or another partition"
             )
         x, y = train.x[idx], train.y[idx]
-        byz = i < cfg.byzantine
+        byz = i < f
         flipped = False
         if byz and flip:
             y = _data_attack(cfg, y, train.num_classes)

@@ -9,7 +9,8 @@
 :func:`make_trainer` builds a trainer by model name, which is what the simulator and the
 CLI use. Names: ``logreg``; ``mlp`` (one hidden layer of 128) or ``mlp:H`` / ``mlp:H1,H2``;
 ``sklearn`` (``SGDClassifier``, log-loss); ``sklearn_logreg`` (``LogisticRegression``);
-``cnn`` (torch). A ``package.module:function`` path names a plug-in called as
+``cnn`` (torch; the 1.2M-parameter CNN of Karimireddy et al.); ``cnn_small`` (torch; a
+114k-parameter CNN for CPU sweeps). A ``package.module:function`` path names a plug-in called as
 ``function(input_shape, num_classes, seed=seed)`` that returns a Trainer or an
 ``nn.Module`` (wrapped in :class:`~.torch_models.TorchTrainer`).
 """
@@ -35,7 +36,7 @@ from cifer.compute.fl.trainers.numpy_models import NumpyLogReg, NumpyMLP
 from cifer.compute.fl.trainers.sklearn_models import SklearnTrainer
 
 #: Built-in model names (``mlp:H[,H...]`` also accepted).
-MODEL_NAMES = ("logreg", "mlp", "sklearn", "sklearn_logreg", "cnn")
+MODEL_NAMES = ("logreg", "mlp", "sklearn", "sklearn_logreg", "cnn", "cnn_small")
 #: Hidden width of ``mlp`` (784 x 128 + 128 x 10 = 101,770 parameters on MNIST).
 DEFAULT_HIDDEN = 128
 
@@ -83,10 +84,11 @@ def make_trainer(
         from sklearn.linear_model import LogisticRegression
 
         return SklearnTrainer(shape, num_classes, LogisticRegression(), seed=seed)
-    if name == "cnn":
-        from cifer.compute.fl.trainers.torch_models import TorchTrainer, make_cnn
+    if name in ("cnn", "cnn_small"):
+        from cifer.compute.fl.trainers.torch_models import TorchTrainer, make_cnn, make_small_cnn
 
-        module = make_cnn(shape, num_classes, seed=seed)
+        build = make_cnn if name == "cnn" else make_small_cnn
+        module = build(shape, num_classes, seed=seed)
         cnn_shape = (1, *shape) if len(shape) == 2 else shape
         return TorchTrainer(module, num_classes, input_shape=cnn_shape)
     if ":" in name:
