@@ -214,6 +214,42 @@ def test_centered_clipping_hand_examples() -> None:
     np.testing.assert_allclose(centered_clipping(x2, np.ones(2), ctx).aggregate, [1.25, 0.5])
 
 
+def test_centered_clipping_auto_radius_hand_example() -> None:
+    # 1-D, centre 0: distances 1, 2, 3, 100, 100 -> median radius 3; the two 100s are
+    # clipped to +3 and -3, so v = (1 + 2 + 3 + 3 - 3) / 5 = 1.2 (one iteration).
+    x = np.array([[1.0], [2.0], [3.0], [100.0], [-100.0]])
+    res = centered_clipping(x, np.ones(5), AggContext(f=2, params={"tau": "auto"}))
+    np.testing.assert_allclose(res.aggregate, [1.2])
+    np.testing.assert_allclose(res.scores, [1, 1, 1, 0.03, 0.03])
+    assert res.info["tau"] == pytest.approx(3.0)
+    # a second iteration re-centres on 1.2: distances 0.2, 0.8, 1.8, 98.8, 101.2 -> radius
+    # 1.8; the mean clipped step is (-0.2 + 0.8 + 1.8 + 1.8 - 1.8) / 5 = 0.48 -> v = 1.68
+    two = centered_clipping(x, np.ones(5), AggContext(f=2, params={"tau": "auto", "iters": 2}))
+    np.testing.assert_allclose(two.aggregate, [1.68])
+
+
+def test_centered_clipping_auto_radius_is_scale_free_and_bounds_attackers() -> None:
+    rng = np.random.default_rng(7)
+    honest = rng.normal(0.5, 0.1, size=(8, 50))
+    x = np.vstack([honest, np.full((3, 50), 1e6)])
+    ctx = AggContext(f=3, params={"tau": "auto", "iters": 3})
+    out = centered_clipping(x, np.ones(11), ctx).aggregate
+    # the attackers can pull at most by the (honest) median radius, far from 1e6
+    assert np.abs(out - honest.mean(axis=0)).max() < 1.0
+    scaled = centered_clipping(x * 1000.0, np.ones(11), ctx).aggregate
+    np.testing.assert_allclose(scaled, out * 1000.0, rtol=1e-9)
+    # a fixed radius far above the updates' scale clips nothing: it degrades to the mean
+    big = centered_clipping(honest, np.ones(8), AggContext(f=3, params={"tau": 1e3}))
+    np.testing.assert_allclose(big.aggregate, honest.mean(axis=0), rtol=1e-9)
+
+
+def test_centered_clipping_rejects_a_bad_radius() -> None:
+    x = np.ones((5, 2))
+    for tau in ("median", -1.0, 0.0):
+        with pytest.raises(AggregationError, match="tau"):
+            centered_clipping(x, np.ones(5), AggContext(params={"tau": tau}))
+
+
 def _cc_reference(x: np.ndarray, v0: np.ndarray, tau: float, iters: int) -> np.ndarray:
     v = v0.copy()
     for _ in range(iters):

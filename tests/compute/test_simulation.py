@@ -121,6 +121,37 @@ def test_label_flip_poisons_only_byzantine_data() -> None:
     assert result.final_accuracy > 0.6
 
 
+def test_iid_byzantine_data_leaves_the_whole_training_set_to_the_honest_clients() -> None:
+    cfg = SimulationConfig(
+        **{
+            **BASE.to_dict(),
+            "clients": 12,
+            "byzantine": 2,
+            "partition": "sorted",
+            "byzantine_data": "iid",
+        }
+    )
+    train, _ = load_dataset("digits")
+    clients = build_clients(cfg, train)
+    honest = [c for c in clients if not c.byzantine]
+    assert [c.byzantine for c in clients] == [True, True] + [False] * 10
+    # the 10 honest clients hold every training sample once, label-sorted (<= 2 classes)
+    assert sum(len(c) for c in honest) == len(train)
+    assert all(len(np.unique(c.y)) <= 2 for c in honest)
+    assert np.array_equal(np.sort(np.concatenate([c.y for c in honest])), np.sort(train.y))
+    # each attacker holds an IID shard: many classes, about 1/10 of the data, and they differ
+    for c in clients[:2]:
+        assert len(np.unique(c.y)) >= 8 and abs(len(c) - len(train) / 10) <= 1
+    assert not np.array_equal(clients[0].y, clients[1].y)
+    # the default layout gives the attackers the first sorted shards instead
+    default = build_clients(
+        SimulationConfig(**{**cfg.to_dict(), "byzantine_data": "partition"}), train
+    )
+    assert len(np.unique(default[0].y)) <= 2
+    with pytest.raises(SimulationError, match="byzantine_data"):
+        SimulationConfig(**{**cfg.to_dict(), "byzantine_data": "random"}).validate()
+
+
 _SEEN: list[dict[str, Any]] = []
 
 

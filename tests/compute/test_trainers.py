@@ -334,6 +334,47 @@ def test_torch_cnn_params_round_trip_and_learning(
     assert t.evaluate(test.x, test.y)["n"] == len(test)
 
 
+def test_cnn_small_and_input_standardisation(digits: tuple[ArrayDataset, ArrayDataset]) -> None:
+    torch = _torch()
+    from cifer.compute.fl.trainers.torch_models import (
+        MNIST_MEAN_STD,
+        make_cnn,
+        make_small_cnn,
+        standardise_layer,
+    )
+
+    small = make_small_cnn((1, 28, 28), 10)
+    # the seed alone fixes the initial weights, whatever the global torch RNG did before
+    torch.rand(3)
+    again = make_small_cnn((1, 28, 28), 10)
+    assert all(
+        torch.equal(a, b) for a, b in zip(small.parameters(), again.parameters(), strict=True)
+    )
+    other = make_small_cnn((1, 28, 28), 10, seed=1)
+    assert not torch.equal(small.conv1.weight, other.conv1.weight)
+    assert sum(p.numel() for p in small.parameters()) == 114_314
+    assert [n for n, _ in small.named_parameters()][:2] == ["conv1.weight", "conv1.bias"]
+    # the standardising layer has no parameters and computes (x - mean) / std
+    layer = standardise_layer(*MNIST_MEAN_STD)
+    assert not list(layer.parameters())
+    x = torch.full((1, 1, 28, 28), 0.5)
+    expect = (0.5 - MNIST_MEAN_STD[0]) / MNIST_MEAN_STD[1]
+    assert torch.allclose(layer(x), torch.full_like(x, expect))
+    with pytest.raises(TrainerError, match="std > 0"):
+        standardise_layer(0.0, 0.0)
+    # with it the CNN sees standardised pixels: its output differs from the raw model's
+    raw = make_cnn((1, 28, 28), 10, standardise=None, dropout=False).eval()
+    std = make_cnn((1, 28, 28), 10, dropout=False).eval()
+    assert not torch.allclose(raw(x), std(x))
+    assert torch.allclose(std(x), raw(torch.full_like(x, expect)), atol=1e-6)
+    train, _ = digits
+    t = make_trainer("cnn_small", train.input_shape, 10, seed=0)
+    xb, yb = train.x[:128], train.y[:128]
+    before = t.evaluate(xb, yb)["loss"]
+    t.fit(xb, yb, epochs=1, batch_size=32, lr=0.05, rng=np.random.default_rng(0), steps=8)
+    assert t.evaluate(xb, yb)["loss"] < before
+
+
 def test_torch_batched_client_gradients_match_autograd(
     digits: tuple[ArrayDataset, ArrayDataset],
 ) -> None:

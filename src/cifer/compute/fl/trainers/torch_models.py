@@ -117,22 +117,22 @@ def make_cnn(
     c, h, w = shape
     flat = 64 * ((h - 4) // 2) * ((w - 4) // 2)
     p1, p2 = (0.25, 0.5) if dropout else (0.0, 0.0)
-    layers = [
-        *_norm(standardise),
-        ("conv1", nn.Conv2d(c, 32, 3)),
-        ("relu1", nn.ReLU()),
-        ("conv2", nn.Conv2d(32, 64, 3)),
-        ("relu2", nn.ReLU()),
-        ("pool", nn.MaxPool2d(2)),
-        ("drop1", nn.Dropout(p1)),
-        ("flatten", nn.Flatten()),
-        ("fc1", nn.Linear(flat, 128)),
-        ("relu3", nn.ReLU()),
-        ("drop2", nn.Dropout(p2)),
-        ("fc2", nn.Linear(128, num_classes)),
-    ]
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # layers draw their init when built
         torch.manual_seed(seed)
+        layers = [
+            *_norm(standardise),
+            ("conv1", nn.Conv2d(c, 32, 3)),
+            ("relu1", nn.ReLU()),
+            ("conv2", nn.Conv2d(32, 64, 3)),
+            ("relu2", nn.ReLU()),
+            ("pool", nn.MaxPool2d(2)),
+            ("drop1", nn.Dropout(p1)),
+            ("flatten", nn.Flatten()),
+            ("fc1", nn.Linear(flat, 128)),
+            ("relu3", nn.ReLU()),
+            ("drop2", nn.Dropout(p2)),
+            ("fc2", nn.Linear(128, num_classes)),
+        ]
         model = nn.Sequential(OrderedDict(layers))
     return model
 
@@ -166,19 +166,19 @@ def make_small_cnn(
         return (size - 1) // 2 + 1
 
     flat = 32 * out(out(h)) * out(out(w))
-    layers = [
-        *_norm(standardise),
-        ("conv1", nn.Conv2d(c, 16, 5, stride=2, padding=2)),
-        ("relu1", nn.ReLU()),
-        ("conv2", nn.Conv2d(16, 32, 5, stride=2, padding=2)),
-        ("relu2", nn.ReLU()),
-        ("flatten", nn.Flatten()),
-        ("fc1", nn.Linear(flat, 64)),
-        ("relu3", nn.ReLU()),
-        ("fc2", nn.Linear(64, num_classes)),
-    ]
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # layers draw their init when built
         torch.manual_seed(seed)
+        layers = [
+            *_norm(standardise),
+            ("conv1", nn.Conv2d(c, 16, 5, stride=2, padding=2)),
+            ("relu1", nn.ReLU()),
+            ("conv2", nn.Conv2d(16, 32, 5, stride=2, padding=2)),
+            ("relu2", nn.ReLU()),
+            ("flatten", nn.Flatten()),
+            ("fc1", nn.Linear(flat, 64)),
+            ("relu3", nn.ReLU()),
+            ("fc2", nn.Linear(64, num_classes)),
+        ]
         model = nn.Sequential(OrderedDict(layers))
     return model
 
