@@ -253,6 +253,12 @@ def load_results(path: Path) -> dict[str, RunResult]:
     return out
 
 
+def collect(cells: Sequence[Cell], settings: Settings, out_dir: Path) -> list[RunResult]:
+    """The finished results of ``cells`` already in ``out_dir`` (for a report without runs)."""
+    have = load_results(out_dir / "results.jsonl")
+    return [have[k] for k in (c.key(settings) for c in cells) if k in have]
+
+
 def _worker_init(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     try:

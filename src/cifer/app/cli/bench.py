@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.status import Status
 from rich.table import Table
 
+from cifer.app.bench import robustness as rb
 from cifer.app.bench.robustness import ATTACKS, RULES
 
 app = typer.Typer(help="Benchmarks (results and commands are recorded in docs/benchmarks.md).")
@@ -393,12 +394,11 @@ def robustness(
     jobs: int = typer.Option(
         min(2, os.cpu_count() or 1), help="Runs in parallel (one torch thread each)."
     ),
+    report_only: bool = typer.Option(
+        False, help="Print the table from the results already in --out; run nothing."
+    ),
 ) -> None:
     """Final test accuracy of robust rules under attacks (Karimireddy et al., ICLR 2022)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from cifer.app.bench import robustness as rb
-
     subset: int | tuple[int, int] | None = None
     if quick:
         attacks, momentum0_rules, seeds = "BF,IPM,ALIE", "", 1
@@ -434,6 +434,40 @@ def robustness(
         f"batch 32, lr 0.01 (heavy-ball units), results in {out}/results.jsonl"
     )
     t0 = time.perf_counter()
+    if report_only:
+        results = rb.collect(cells, settings, out)
+        console.print(f"{len(results)} of {len(cells)} runs found in {out}/results.jsonl")
+    else:
+        results = _run_robustness(cells, settings, out, jobs)
+    attack_list = list(dict.fromkeys(c.attack for c in cells))
+    rows = rb.table_rows(results)
+    text = rb.markdown(rows, attack_list)
+    (out / "table.md").write_text(text + "\n")
+    console.print(text)
+    v = rb.verdict(rows, attack_list)
+    if v.default_min is not None:
+        state = "met" if v.default_ok else "MISSED"
+        console.print(
+            f"default rule ({rb.DEFAULT_RULE[0]} + bucketing, momentum 0.9): worst attack "
+            f"{100 * v.default_min:.1f}% (target {100 * rb.DEFAULT_TARGET:.0f}%: {state})"
+        )
+    for attack, acc in v.fedavg.items():
+        if acc is None:
+            console.print(f"FedAvg under {attack}: not run yet")
+            continue
+        verdict = "collapses" if v.fedavg_collapses[attack] else "does not collapse"
+        console.print(
+            f"FedAvg under {attack}: {100 * acc:.1f}% ({verdict}; collapse = below "
+            f"{100 * rb.COLLAPSE_BELOW:.0f}%)"
+        )
+    console.print(f"wall time {time.perf_counter() - t0:.0f} s (this invocation)")
+
+
+def _run_robustness(
+    cells: list[rb.Cell], settings: rb.Settings, out: Path, jobs: int
+) -> list[rb.RunResult]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -454,23 +488,4 @@ def robustness(
         except rb.BenchError as exc:
             raise typer.BadParameter(str(exc)) from exc
         bar.update(task, completed=len(cells))
-    attack_list = list(dict.fromkeys(c.attack for c in cells))
-    rows = rb.table_rows(results)
-    text = rb.markdown(rows, attack_list)
-    (out / "table.md").write_text(text + "\n")
-    console.print(text)
-    v = rb.verdict(rows, attack_list)
-    if v.default_min is not None:
-        state = "met" if v.default_ok else "MISSED"
-        console.print(
-            f"default rule ({rb.DEFAULT_RULE[0]} + bucketing, momentum 0.9): worst attack "
-            f"{100 * v.default_min:.1f}% (target {100 * rb.DEFAULT_TARGET:.0f}%: {state})"
-        )
-    for attack, acc in v.fedavg.items():
-        shown = "n/a" if acc is None else f"{100 * acc:.1f}%"
-        verdict = "collapses" if v.fedavg_collapses[attack] else "does not collapse"
-        console.print(
-            f"FedAvg under {attack}: {shown} ({verdict}; collapse = below "
-            f"{100 * rb.COLLAPSE_BELOW:.0f}%)"
-        )
-    console.print(f"wall time {time.perf_counter() - t0:.0f} s (this invocation)")
+    return results
