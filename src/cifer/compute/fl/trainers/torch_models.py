@@ -109,12 +109,7 @@ def make_cnn(
     """
     torch = require_torch()
     nn = torch.nn
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) == 2:
-        shape = (1, *shape)
-    if len(shape) != 3 or min(shape[1:]) < 6 or shape[0] < 1:
-        raise TrainerError(f"cnn: input_shape must be (H, W) or (C, H, W) >= 6, got {shape}")
-    c, h, w = shape
+    c, h, w = _image_shape(input_shape, 6, "cnn")
     flat = 64 * ((h - 4) // 2) * ((w - 4) // 2)
     p1, p2 = (0.25, 0.5) if dropout else (0.0, 0.0)
     with torch.random.fork_rng(devices=[]):  # layers draw their init when built
@@ -155,12 +150,7 @@ def make_small_cnn(
     """
     torch = require_torch()
     nn = torch.nn
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) == 2:
-        shape = (1, *shape)
-    if len(shape) != 3 or min(shape[1:]) < 4 or shape[0] < 1:
-        raise TrainerError(f"cnn_small: input_shape must be (H, W) or (C, H, W) >= 4, got {shape}")
-    c, h, w = shape
+    c, h, w = _image_shape(input_shape, 4, "cnn_small")
 
     def out(size: int) -> int:  # a 5x5 convolution, stride 2, padding 2
         return (size - 1) // 2 + 1
@@ -181,6 +171,18 @@ def make_small_cnn(
         ]
         model = nn.Sequential(OrderedDict(layers))
     return model
+
+
+def _image_shape(input_shape: Sequence[int], min_side: int, model: str) -> tuple[int, int, int]:
+    """(C, H, W) from (H, W) or (C, H, W), refusing images smaller than the model needs."""
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3 or min(shape[1:]) < min_side or shape[0] < 1:
+        raise TrainerError(
+            f"{model}: input_shape must be (H, W) or (C, H, W) >= {min_side}, got {shape}"
+        )
+    return shape[0], shape[1], shape[2]
 
 
 def _norm(standardise: tuple[float, float] | None) -> list[tuple[str, Any]]:
