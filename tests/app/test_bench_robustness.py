@@ -127,7 +127,7 @@ def test_table_and_verdict() -> None:
     assert not lower.default_ok
 
 
-def test_cli_quick_rejects_bad_names_with_a_clear_error(tmp_path: Path) -> None:
+def test_cli_rejects_bad_names_with_a_clear_error(tmp_path: Path) -> None:
     out = CliRunner().invoke(
         app, ["bench", "robustness", "--out", str(tmp_path), "--attacks", "BF,XX"]
     )

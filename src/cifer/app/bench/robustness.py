@@ -387,8 +387,8 @@ def verdict(rows: Sequence[Row], attacks: Sequence[str], target: float = DEFAULT
     :data:`COLLAPSE_BELOW` under BF, IPM and ALIE (those that were run)."""
     by = {(r.rule, r.bucketing, r.momentum): r for r in rows}
     default = by.get((*DEFAULT_RULE, 0.9))
-    means = [default.mean(a) for a in attacks] if default else []
-    default_min = None if not means or None in means else min(m for m in means if m is not None)
+    means = [default.mean(a) for a in attacks] if default else [None]
+    default_min = None if None in means else min(m for m in means if m is not None)
     fed = by.get(("FedAvg", False, 0.9))
     fed_acc = {a: fed.mean(a) if fed else None for a in FEDAVG_COLLAPSE_ATTACKS if a in attacks}
     return Verdict(
@@ -406,9 +406,12 @@ def markdown(rows: Sequence[Row], attacks: Sequence[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         paper = PAPER.get((r.rule, r.bucketing, r.momentum), {})
-        ref = ", ".join(f"{a} {v}" for a, v in paper.items() if a in attacks)
-        if len(set(paper.values())) == 1 and paper and len(paper) > 1:
-            ref = f"{next(iter(paper.values()))} ({', '.join(a for a in paper if a in attacks)})"
+        shown = {a: v for a, v in paper.items() if a in attacks}
+        values = set(shown.values())
+        if len(shown) > 1 and len(values) == 1:  # one range for several attacks
+            ref = f"{values.pop()} ({', '.join(shown)})"
+        else:
+            ref = ", ".join(f"{a} {v}" for a, v in shown.items())
         cells = [r.cell_text(a) for a in attacks]
         lines.append(f"| {r.label} | {r.momentum:g} | " + " | ".join(cells) + f" | {ref} |")
     return "\n".join(lines)

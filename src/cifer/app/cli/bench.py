@@ -399,6 +399,8 @@ def robustness(
     ),
 ) -> None:
     """Final test accuracy of robust rules under attacks (Karimireddy et al., ICLR 2022)."""
+    if rounds < 1:
+        raise typer.BadParameter("--rounds must be >= 1")
     subset: int | tuple[int, int] | None = None
     if quick:
         attacks, momentum0_rules, seeds = "BF,IPM,ALIE", "", 1
@@ -410,7 +412,6 @@ def robustness(
             _names(rules),
             seeds=seeds,
             momentum0_rules=_names(momentum0_rules),
-            bucketing=(False, True),
         )
         if quick:
             cells = [
@@ -426,8 +427,6 @@ def robustness(
         )
     except rb.BenchError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    if rounds < 1:
-        raise typer.BadParameter("--rounds must be >= 1")
     console.print(f"machine: {machine()}; {len(cells)} runs of {rounds} rounds, {jobs} at a time")
     console.print(
         f"model {model}, {dataset}, 25 clients (5 Byzantine, IID shards), honest label-sorted, "
