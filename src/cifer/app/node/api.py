@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, HTTPException, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cifer import __version__
 from cifer.base.chain.types import Block, Commit, prove_tx, sha256
 from cifer.base.crypto.keys import CryptoError, from_bech32, to_bech32
+from cifer.compute.blobs import REPLICA_HEADER, BlobError, parse_blob_hash
 
 if TYPE_CHECKING:
     from cifer.app.node.runtime import BlockEvent, Node
@@ -143,7 +144,8 @@ def build_app(node: Node) -> FastAPI:
     api = FastAPI(
         title="Cifer node API",
         version=__version__,
-        description="Status, blocks, transactions with Merkle proofs, accounts, validators.",
+        description="Status, blocks, transactions with Merkle proofs, accounts, validators, "
+        "and the content-addressed blob store for model weights and updates.",
     )
     buckets = _Buckets(cfg.rate_limit_per_s)
 
@@ -156,9 +158,13 @@ def build_app(node: Node) -> FastAPI:
             length = request.headers.get("content-length")
             if length is None:
                 return JSONResponse({"detail": "Content-Length is required"}, status_code=411)
-            if not length.isdigit() or int(length) > cfg.max_body_bytes:
+            # Blob uploads (model weights) have their own, larger cap; the route re-checks it.
+            blob = request.method == "PUT" and request.url.path.startswith("/blobs/")
+            limit = cfg.blob_max_bytes if blob else cfg.max_body_bytes
+            if not length.isdigit() or int(length) > limit:
+                what = "blob" if blob else "body"
                 return JSONResponse(
-                    {"detail": f"body exceeds {cfg.max_body_bytes} bytes"}, status_code=413
+                    {"detail": f"{what} exceeds the limit of {limit:,} bytes"}, status_code=413
                 )
         return await call_next(request)
 
@@ -293,6 +299,8 @@ def build_app(node: Node) -> FastAPI:
         finally:
             node.subscribers.discard(q)
 
+    _add_blob_routes(api, node)
+
     if cfg.fault_injection:
 
         @api.post("/debug/isolate", summary="TEST ONLY: drop all peers for some seconds")
@@ -303,6 +311,109 @@ def build_app(node: Node) -> FastAPI:
             return {"isolated_for_s": seconds}
 
     return api
+
+
+_BLOB_DOC = (
+    "Blobs are named by the SHA-256 of their bytes (64 hex characters); only these hashes "
+    "go on chain. A blob is stored only if its bytes hash to the name in the URL."
+)
+
+
+def _blob_hash_or_400(hash_hex: str) -> bytes:
+    try:
+        return parse_blob_hash(hash_hex)
+    except BlobError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+def _add_blob_routes(api: FastAPI, node: Node) -> None:
+    """PUT/GET/HEAD /blobs/{hash}: the node's share of the blob store, served to clients
+    and peers. New uploads are pushed to the configured blob peers in the background."""
+    store, fetcher = node.blobs, node.blob_fetcher
+    limit = store.max_bytes
+    background: set[asyncio.Task[None]] = set()  # strong refs until each push finishes
+
+    @api.put(
+        "/blobs/{hash_hex}",
+        summary="Upload a blob (raw bytes) under its SHA-256",
+        description=_BLOB_DOC
+        + f" The body is the raw blob (application/octet-stream), at most {limit:,} bytes."
+        " Answers 201 if the blob is new here, 200 if it was already stored, 400 if the hash "
+        "is malformed or does not match the body (nothing is stored), 413 if it is too large. "
+        f"A new blob is then replicated to this node's blob peers, unless the request carries "
+        f"`{REPLICA_HEADER}: 1` (a peer's own replication, which is not forwarded again).",
+        status_code=201,
+        responses={
+            200: {"description": "Already stored"},
+            400: {"description": "Malformed hash, or the body does not hash to it"},
+            413: {"description": "Blob larger than this node's limit"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            }
+        },
+    )
+    async def put_blob(hash_hex: str, request: Request) -> JSONResponse:
+        h = _blob_hash_or_400(hash_hex)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise HTTPException(413, f"blob exceeds the limit of {limit:,} bytes")
+        data = bytes(body)
+        try:
+            _, created = await asyncio.to_thread(store.insert, data, h)
+        except BlobError as exc:
+            raise HTTPException(400, str(exc)) from None
+        if created and request.headers.get(REPLICA_HEADER) != "1":
+            task = asyncio.create_task(fetcher.replicate(h, data))
+            background.add(task)
+            task.add_done_callback(background.discard)
+        return JSONResponse(
+            {"hash": h.hex(), "size": len(data), "created": created},
+            status_code=201 if created else 200,
+        )
+
+    @api.get(
+        "/blobs/{hash_hex}",
+        summary="Download a blob by its SHA-256",
+        description=_BLOB_DOC + " The bytes are re-verified against the hash before they are "
+        "served; 404 if this node does not have the blob.",
+        response_class=Response,
+        responses={
+            200: {"content": {"application/octet-stream": {}}, "description": "The blob"},
+            404: {"description": "This node does not have the blob"},
+        },
+    )
+    async def get_blob(hash_hex: str) -> Response:
+        h = _blob_hash_or_400(hash_hex)
+        data = await asyncio.to_thread(store.get, h)
+        if data is None:
+            raise HTTPException(404, f"no blob {h.hex()} on this node")
+        return Response(data, media_type="application/octet-stream", headers=_blob_headers(h))
+
+    @api.head(
+        "/blobs/{hash_hex}",
+        summary="Whether this node has a blob, and its size (Content-Length)",
+        description=_BLOB_DOC + " 200 with Content-Length if present, 404 otherwise.",
+        response_class=Response,
+    )
+    async def head_blob(hash_hex: str) -> Response:
+        h = _blob_hash_or_400(hash_hex)
+        size = store.size(h)
+        if size is None:
+            return Response(status_code=404)
+        headers = {**_blob_headers(h), "content-length": str(size)}
+        return Response(media_type="application/octet-stream", headers=headers)
+
+
+def _blob_headers(h: bytes) -> dict[str, str]:
+    # Content-addressed, so a blob never changes: caches may keep it for good.
+    return {"etag": f'"{h.hex()}"', "cache-control": "public, max-age=31536000, immutable"}
 
 
 class _Server(uvicorn.Server):

@@ -46,6 +46,16 @@ gossip_ms = {gossip_ms}
 max_txs = {mempool_txs}
 max_bytes = {mempool_bytes}
 
+[blobs]
+# Largest model or update blob this node stores, serves or fetches (bytes). Blob uploads
+# (PUT /blobs/...) are capped by this rather than by api.max_body_bytes.
+max_bytes = {blob_max_bytes}
+# API base URLs of other nodes ("http://host:port"): missing blobs are fetched from them
+# and blobs uploaded here are replicated to them.
+peers = [{blob_peers}]
+# How long to wait for missing blobs from peers before giving up (seconds).
+fetch_timeout_s = {blob_fetch_timeout}
+
 [debug]
 # Lets tests cut this node off its peers through POST /debug/isolate. Never in production.
 fault_injection = {fault}
@@ -73,6 +83,9 @@ class NodeConfig:
     mempool_txs: int = 50_000
     mempool_bytes: int = 256 * 1024 * 1024
     fault_injection: bool = False
+    blob_max_bytes: int = 16 * 1024 * 1024
+    blob_peers: list[str] = field(default_factory=list)
+    blob_fetch_timeout_s: float = 5.0
 
     def to_toml(self) -> str:
         return CONFIG_TEMPLATE.format(
@@ -91,6 +104,9 @@ class NodeConfig:
             mempool_txs=self.mempool_txs,
             mempool_bytes=self.mempool_bytes,
             fault="true" if self.fault_injection else "false",
+            blob_max_bytes=self.blob_max_bytes,
+            blob_peers=", ".join(json.dumps(p) for p in self.blob_peers),
+            blob_fetch_timeout=repr(float(self.blob_fetch_timeout_s)),
         )
 
     @classmethod
@@ -103,6 +119,7 @@ class NodeConfig:
             raise ConfigError(f"{path}: {exc}") from None
         try:
             p2p, api = doc.get("p2p", {}), doc.get("api", {})
+            blobs = doc.get("blobs", {})
             p2p_host, p2p_port = _hostport(p2p.get("listen", "127.0.0.1:26656"), "p2p.listen")
             api_host, api_port = _hostport(api.get("listen", "127.0.0.1:26657"), "api.listen")
             cfg = cls(
@@ -121,6 +138,9 @@ class NodeConfig:
                 mempool_txs=_pos(doc.get("mempool", {}), "max_txs", cls.mempool_txs),
                 mempool_bytes=_pos(doc.get("mempool", {}), "max_bytes", cls.mempool_bytes),
                 fault_injection=bool(doc.get("debug", {}).get("fault_injection", False)),
+                blob_max_bytes=_pos(blobs, "max_bytes", cls.blob_max_bytes),
+                blob_peers=_urls(blobs.get("peers", []), "blobs.peers"),
+                blob_fetch_timeout_s=_posf(blobs, "fetch_timeout_s", cls.blob_fetch_timeout_s),
             )
         except (TypeError, AttributeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
@@ -141,6 +161,24 @@ def _pos(section: dict[str, object], key: str, default: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     return value
+
+
+def _posf(section: dict[str, object], key: str, default: float) -> float:
+    value = section.get(key, default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1e6:
+        raise ConfigError(f"{key} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _urls(value: object, name: str) -> list[str]:
+    if not isinstance(value, list):
+        raise ConfigError(f'{name} must be a list of URLs like "http://127.0.0.1:26657"')
+    out = []
+    for url in value:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{name}: {url!r} is not an http:// or https:// URL")
+        out.append(url.rstrip("/"))
+    return out
 
 
 # ---------------------------------------------------------------------------- home layout

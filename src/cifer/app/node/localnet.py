@@ -117,6 +117,7 @@ def init_localnet(
             api_port=api_ports[i],
             persistent_peers=peers,
             fault_injection=fault_injection,
+            blob_peers=[f"http://127.0.0.1:{api_ports[j]}" for j in range(validators) if j != i],
         )
         home = directory / f"node{i}"
         init_home(home, genesis.to_json(), cfg, nkeys[i], vkeys[i])

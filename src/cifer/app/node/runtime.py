@@ -37,6 +37,7 @@ from cifer.base.encoding import EncodingError
 from cifer.base.p2p.network import Limits, PeerAddress, PeerNetwork
 from cifer.base.store.blocks import BlockStore
 from cifer.base.store.state import StateStore
+from cifer.compute.blobs import BlobFetcher, BlobStore
 
 log = logging.getLogger("cifer.node")
 
@@ -68,6 +69,9 @@ class Node:
         )
         data = self.home.data
         data.mkdir(parents=True, exist_ok=True)
+        cfg = self.config
+        self.blobs = BlobStore(data / "blobs", cfg.blob_max_bytes)
+        self.blob_fetcher = BlobFetcher(self.blobs, cfg.blob_peers, cfg.blob_fetch_timeout_s)
         self.app = CiferApp(StateStore(data / "state.db"))
         self.blocks = BlockStore(data / "blocks.db")
         self.executor = BlockExecutor(
@@ -85,7 +89,6 @@ class Node:
         self.replica = Replica(self.executor, signer, mempool)
         self.wal = WAL(data / "cs.wal")
         self._replaying = False
-        cfg = self.config
         self.network = PeerNetwork(
             self.node_key,
             self.genesis.chain_id,
