@@ -140,7 +140,8 @@ def test_process_proposal_rejects_bad_txs(app: CiferApp, chain: Chain) -> None:
     cases = {
         "malformed": [good, b"\xff\x00"],
         "signature": [good, badsig.to_bytes()],
-        "unknown message": [make_tx(B, CHAIN_ID, 0, [AnyMsg("fl/Aggregate", b"")])],
+        "unknown message": [make_tx(B, CHAIN_ID, 0, [AnyMsg("nope/Thing", b"")])],
+        "block proposers only": [make_tx(B, CHAIN_ID, 0, [AnyMsg("fl/Aggregate", b"")])],
         "chain": [send(B, 0, A.address, 1, chain_id="other")],
         "nonce": [good, good],
         "fee": [send(B, 0, A.address, 1, fee=0)],
@@ -343,7 +344,9 @@ def test_evidence_zeroes_power_and_jails_for_good(app: CiferApp, chain: Chain) -
     out = chain.run(evidence=[ev])
     offender = validator_key(2).public.raw
     assert out.validator_updates == [ValidatorUpdate(offender, 0)]
-    assert [e.type for e in out.events] == ["jail"]
+    assert [e.type for e in out.events if e.type != "reputation"] == ["jail"]
+    rep = [dict((a.key, a.value) for a in e.attrs) for e in out.events if e.type == "reputation"]
+    assert any(r.get("event") == "evidence" and r.get("score_ppm") == "0" for r in rep), rep
     info = {v.pubkey: v for v in app.validators()}[offender.hex()]
     assert info.jailed and info.power == 0 and info.jailed_height == 2
     assert info.evidence_hash == ev.hash().hex()

@@ -31,10 +31,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cifer.app.contracts.bank import TOTAL_SUPPLY, AccountInfo, BankModule
+from cifer.app.contracts.fl import FlEngine, FlModule
+from cifer.app.contracts.reputation import ReputationModule
 from cifer.app.contracts.validators import ValidatorInfo, ValidatorsModule
 from cifer.app.module import (
     Code,
@@ -44,6 +46,11 @@ from cifer.app.module import (
     Module,
     ModuleSet,
     MsgError,
+    SystemUnavailable,
+    decode_system_tx,
+    encode_system_tx,
+    is_system_tx,
+    module_address,
 )
 from cifer.app.state import Changeset, StateOverlay, app_hash
 from cifer.base.chain.abci import (
@@ -58,6 +65,7 @@ from cifer.base.chain.abci import (
 )
 from cifer.base.chain.genesis import Genesis
 from cifer.base.chain.types import (
+    AnyMsg,
     Block,
     SignedTx,
     ValidationError,
@@ -79,9 +87,13 @@ _META_CHAIN_ID = "chain_id"
 _PROPOSAL_CACHE = 4
 
 
-def default_modules() -> list[Module]:
-    """The modules a Cifer node runs, in execution order (bank first: the ante uses it)."""
-    return [BankModule(), ValidatorsModule()]
+def default_modules(fl_engine: FlEngine | None = None) -> list[Module]:
+    """The modules a Cifer node runs, in execution order (bank first: the ante uses it).
+
+    ``fl_engine`` gives the fl contract access to blobs (a node passes its blob store);
+    without one the node can follow the chain but cannot check updates or aggregates.
+    """
+    return [BankModule(), ValidatorsModule(), ReputationModule(), FlModule(fl_engine)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +151,10 @@ class CiferApp:
         self._proposals: OrderedDict[bytes, _Execution] = OrderedDict()
         self._pending: _Execution | None = None
         self._check = StateOverlay(state_store)
+        self._system_cache: tuple[int, bytes, list[bytes] | str] | None = None
+        #: Fault injection for tests of proof of aggregation: rewrites this node's system
+        #: messages before it proposes them (a Byzantine proposer). Never set in production.
+        self.tamper_system: Callable[[list[AnyMsg]], list[AnyMsg]] | None = None
         raw_chain = state_store.get_meta(_META_CHAIN_ID)
         self.chain_id = "" if raw_chain is None else raw_chain.decode()
         if self.chain_id:
@@ -197,6 +213,12 @@ class CiferApp:
             body = checked.tx.body
             ctx = self._context(self._check, ExecMode.CHECK, self.store.height + 1)
             ctx.record_events = False
+            ctx.external = True
+            reason = self._admissible(ctx, checked)
+            if reason:
+                return CheckTxResult(
+                    int(Code.UNAVAILABLE), reason, body.signer, body.nonce, body.fee
+                )
             snap = self._check.snapshot()
             try:
                 self.bank.ante(ctx, body)
@@ -207,13 +229,27 @@ class CiferApp:
             return CheckTxResult(int(Code.OK), "", body.signer, body.nonce, body.fee)
 
     def prepare_proposal(self, height: int, txs: list[bytes], max_bytes: int) -> list[bytes]:
-        """Keep, in order, the txs that pass stateless and ante checks in sequence."""
+        """The block's system txs, then, in order, the txs that pass stateless, external
+        and ante checks in sequence."""
         with self._lock:
             ctx = self._context(StateOverlay(self.store), ExecMode.BLOCK, height)
             ctx.record_events = False
-            out: list[bytes] = []
-            size = 0
+            ctx.external = True
+            ctx.proposer = module_address("prepare")  # unknown here; the overlay is discarded
+            system = self._system_txs(height)
+            if isinstance(system, str):
+                logger.warning("height %d: proposing without system txs: %s", height, system)
+                system = []
+            elif self.tamper_system is not None:
+                msgs = self.tamper_system([decode_system_tx(raw) for raw in system])
+                system = [encode_system_tx(m) for m in msgs]
+            out: list[bytes] = list(system)
+            size = sum(len(raw) for raw in system)
+            for raw in system:
+                self._deliver_system(ctx, raw)
             for raw in txs:
+                if is_system_tx(raw):
+                    continue
                 if size + len(raw) > max_bytes:
                     continue  # a smaller tx further on may still fit
                 _, admissible = self._deliver(ctx, raw)
@@ -227,7 +263,7 @@ class CiferApp:
             reason = self._check_block_target(block)
             if reason:
                 return ProcessResult(False, reason)
-            exe = self._execute(block)
+            exe = self._execute(block, verify=True)
             if exe.reject_reason:
                 return ProcessResult(False, exe.reject_reason)
             self._proposals[_block_key(block)] = exe
@@ -240,7 +276,9 @@ class CiferApp:
             reason = self._check_block_target(block)
             if reason:
                 raise ValueError(f"finalize_block: {reason}")
-            exe = self._proposals.pop(_block_key(block), None) or self._execute(block)
+            exe = self._proposals.pop(_block_key(block), None) or self._execute(
+                block, verify=False
+            )
             self._pending = exe
             return FinalizeResult(
                 exe.tx_results, exe.validator_updates, exe.app_hash, list(exe.events)
@@ -324,6 +362,10 @@ class CiferApp:
 
     def _stateless(self, raw: bytes) -> _Checked:
         """Steps that depend on the tx bytes only; cached by hash (raises MsgError)."""
+        if is_system_tx(raw):
+            raise MsgError(
+                "system transactions are created by block proposers only", Code.UNAUTHORIZED
+            )
         key = sha256(raw)
         hit = self._verified.get(key)
         if hit is not None:
@@ -377,6 +419,10 @@ class CiferApp:
             return TxResult(exc.code, exc.log, []), False
         state = ctx.state
         ctx.events = []
+        if ctx.external:
+            reason = self._admissible(ctx, checked)
+            if reason:
+                return TxResult(int(Code.UNAVAILABLE), reason, []), False
         try:
             self.bank.ante(ctx, checked.tx.body)
         except MsgError as exc:
@@ -391,18 +437,105 @@ class CiferApp:
             return TxResult(exc.code, exc.log, ctx.events), True
         return TxResult(int(Code.OK), "", ctx.events), True
 
-    def _execute(self, block: Block) -> _Execution:
+    def _admissible(self, ctx: Context, checked: _Checked) -> str:
+        signer = checked.tx.body.signer
+        for i, (module, msg) in enumerate(checked.msgs):
+            reason = module.admissible(ctx, msg, signer)
+            if reason:
+                return f"message {i} ({module.name}): {reason}"
+        return ""
+
+    def _system_txs(self, height: int) -> list[bytes] | str:
+        """System txs the block at ``height`` must start with, or why they cannot be had.
+
+        Computed from committed state only (so proposer and validators agree on the input)
+        and cached per committed state, since a node both proposes and verifies a block.
+        """
+        key = (self.store.height, self.store.app_hash)
+        if self._system_cache is not None and self._system_cache[:2] == key:
+            return self._system_cache[2]
+        ctx = self._context(StateOverlay(self.store), ExecMode.BLOCK, height)
+        ctx.record_events = False
+        ctx.external = True
+        out: list[bytes] | str
+        try:
+            out = [
+                encode_system_tx(self.modules.pack_system(msg))
+                for m in self.modules
+                for msg in m.propose_system(ctx)
+            ]
+        except SystemUnavailable as exc:
+            out = str(exc)
+        self._system_cache = (key[0], key[1], out)
+        return out
+
+    def _deliver_system(self, ctx: Context, raw: bytes) -> TxResult:
+        ctx.events = []
+        try:
+            module, msg = self.modules.decode_system(decode_system_tx(raw))
+        except MsgError as exc:
+            return TxResult(exc.code, exc.log, [])
+        snap = ctx.state.snapshot()
+        try:
+            module.handle_system(ctx, msg)
+        except MsgError as exc:
+            ctx.state.revert(snap)
+            return TxResult(exc.code, f"system ({module.name}): {exc.log}", [])
+        except InvariantViolation:
+            raise
+        except Exception as exc:
+            logger.exception("module %s raised on a system message", module.name)
+            ctx.state.revert(snap)
+            log = f"system ({module.name}): internal error {type(exc).__name__}"
+            return TxResult(int(Code.INTERNAL), log, [])
+        return TxResult(int(Code.OK), "", ctx.events)
+
+    def _check_system(self, block: Block, n_system: int) -> str:
+        """Why the block's leading system txs are not what this node computes, or ""."""
+        expected = self._system_txs(block.header.height)
+        if isinstance(expected, str):
+            return f"cannot verify the block's system messages: {expected}"
+        got = list(block.txs[:n_system])
+        if got == expected:
+            return ""
+        if len(got) != len(expected):
+            return (
+                f"block has {len(got)} system messages, this validator computes "
+                f"{len(expected)} for height {block.header.height}"
+            )
+        for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+            if a != b:
+                return (
+                    f"system message {i} ({decode_system_tx(b).type}) differs from this "
+                    "validator's recomputation"
+                )
+        return ""
+
+    def _execute(self, block: Block, *, verify: bool) -> _Execution:
+        """Run a block. ``verify`` (process_proposal) also recomputes its system messages
+        and checks what its txs reference outside state; applying a committed block
+        (``verify=False``) trusts both, so it never waits on I/O."""
         height = block.header.height
         state = StateOverlay(self.store)
         ctx = Context(
             state, height, self.chain_id, block.header.proposer, ExecMode.BLOCK, self.modules
         )
+        n_system = 0
+        while n_system < len(block.txs) and is_system_tx(block.txs[n_system]):
+            n_system += 1
+        reject = ""
+        if any(is_system_tx(raw) for raw in block.txs[n_system:]):
+            reject = "a system tx follows a user tx (system txs come first)"
+        elif verify:
+            reject = self._check_system(block, n_system)
         for m in self.modules:
             m.begin_block(ctx, block)
         block_events = ctx.events
         results: list[TxResult] = []
-        reject = ""
-        for i, raw in enumerate(block.txs):
+        for raw in block.txs[:n_system]:
+            results.append(self._deliver_system(ctx, raw))
+        ctx.external = verify
+        for i, raw in enumerate(block.txs[n_system:], start=n_system):
             result, admissible = self._deliver(ctx, raw)
             results.append(result)
             if not admissible and not reject:

@@ -50,6 +50,7 @@ class Code(IntEnum):
     UNAUTHORIZED = 11
     NOT_FOUND = 12
     INTERNAL = 13  # a module raised something other than MsgError: a bug, logged
+    UNAVAILABLE = 14  # something a message references outside state (a blob) is missing or bad
 
 
 class MsgError(Exception):
@@ -103,6 +104,11 @@ class Context:
     events: list[Event] = field(default_factory=list)
     genesis: Genesis | None = None  # set only during init_chain
     record_events: bool = True  # off where events are thrown away (check_tx, prepare)
+    #: True where a node checks what lies outside state (blobs a message references) before
+    #: it admits, proposes or votes for a tx: check_tx, prepare_proposal, process_proposal.
+    #: False when it applies an already-committed block (replay, block sync), which must
+    #: not depend on anything but the block and state.
+    external: bool = False
 
     def emit(self, type: str, **attrs: object) -> None:
         """Record an event. ``bytes`` of address length render as bech32, others as hex."""
@@ -130,15 +136,43 @@ def _attr_str(v: object) -> str:
     raise TypeError(f"event attributes are str, int, bool or bytes, got {type(v).__name__}")
 
 
+class SystemUnavailable(Exception):
+    """A module cannot compute the system messages a block needs (e.g. a blob is missing).
+
+    The proposer then proposes without them (validators will vote nil) and a validator
+    votes nil: the height waits for a round in which the inputs are available.
+    """
+
+
 class Module:
     """Base class of a contract. Override what the module needs; the defaults do nothing.
 
     * ``name``: unique; also the prefix of the module's message types and state keys.
     * ``msgs``: message type string (``"<name>/<Msg>"``) -> Canonical struct type.
+    * ``system_msgs``: types only a block proposer creates (e.g. ``fl/Aggregate``): they
+      are never accepted from a user tx. A block starts with the system messages that
+      :meth:`propose_system` returns for it; every validator recomputes them and votes nil
+      for a block whose system messages differ (this is the proof of aggregation).
     """
 
     name: ClassVar[str] = ""
     msgs: ClassVar[Mapping[str, type[Canonical]]] = {}
+    system_msgs: ClassVar[Mapping[str, type[Canonical]]] = {}
+
+    def propose_system(self, ctx: Context) -> list[Canonical]:
+        """System messages the block at ``ctx.height`` must start with, computed from the
+        committed state in ``ctx``; raise :class:`SystemUnavailable` if inputs are missing."""
+        return []
+
+    def handle_system(self, ctx: Context, msg: Canonical) -> None:
+        """Apply a system message (already verified, or part of a committed block)."""
+        raise MsgError(f"module {self.name!r} has no system messages", Code.UNKNOWN_MSG)
+
+    def admissible(self, ctx: Context, msg: Canonical, sender: bytes) -> str:
+        """Checks outside state (only where ``ctx.external``): "" or why a block may not
+        contain ``msg``. Unlike a MsgError this makes the whole tx inadmissible, so the
+        outcome of a committed tx never depends on what a node happened to hold."""
+        return ""
 
     def init_genesis(self, ctx: Context, section: Any) -> None:
         """Load ``app_state[name]`` (``None`` if absent); raise ValueError on bad input."""
@@ -173,6 +207,7 @@ class ModuleSet:
         self._by_name: dict[str, Module] = {}
         self._by_type: dict[type[Module], Module] = {}
         self._routes: dict[str, tuple[Module, type[Canonical]]] = {}
+        self._system: dict[str, tuple[Module, type[Canonical]]] = {}
         for m in self.modules:
             if not m.name or not re.fullmatch(r"[a-z][a-z0-9_]*", m.name):
                 raise ValueError(f"module name {m.name!r} must match [a-z][a-z0-9_]*")
@@ -193,6 +228,13 @@ class ModuleSet:
                 if not issubclass(struct, Canonical):
                     raise ValueError(f"message type {type_str!r} is not a Canonical struct")
                 self._routes[type_str] = (m, struct)
+            for type_str, struct in m.system_msgs.items():
+                if not _TYPE_RE.match(type_str) or not type_str.startswith(m.name + "/"):
+                    raise ValueError(f"system message type {type_str!r} of {m.name!r} is malformed")
+                if type_str in self._routes or type_str in self._system:
+                    raise ValueError(f"message type {type_str!r} registered twice")
+                self._system[type_str] = (m, struct)
+        self._system_types = {struct: t for t, (_, struct) in self._system.items()}
 
     def __iter__(self) -> Iterator[Module]:
         return iter(self.modules)
@@ -217,6 +259,11 @@ class ModuleSet:
         """Route and decode one message and run its stateless check; MsgError says why not."""
         route = self._routes.get(msg.type)
         if route is None:
+            if msg.type in self._system:
+                raise MsgError(
+                    f"{msg.type} is created by block proposers only, not sent in a tx",
+                    Code.UNAUTHORIZED,
+                )
             raise MsgError(f"unknown message type {msg.type[:64]!r}", Code.UNKNOWN_MSG)
         module, struct = route
         try:
@@ -226,6 +273,24 @@ class ModuleSet:
         module.validate_msg(obj, sender)
         return module, obj
 
+    def decode_system(self, msg: AnyMsg) -> tuple[Module, Canonical]:
+        """Route and decode a system message (MsgError if it is not one)."""
+        route = self._system.get(msg.type)
+        if route is None:
+            raise MsgError(f"{msg.type[:64]!r} is not a system message type", Code.UNKNOWN_MSG)
+        module, struct = route
+        try:
+            return module, encoding.decode(msg.value, struct)
+        except EncodingError as exc:
+            raise MsgError(f"{msg.type}: {exc}", Code.INVALID_MSG) from None
+
+    def pack_system(self, msg: Canonical) -> AnyMsg:
+        """Wrap a system message by its registered type string."""
+        type_str = self._system_types.get(type(msg))
+        if type_str is None:
+            raise KeyError(f"{type(msg).__name__} is not a registered system message")
+        return AnyMsg(type_str, encoding.encode(msg))
+
     def decode_all(self, msgs: Sequence[AnyMsg], sender: bytes) -> list[tuple[Module, Canonical]]:
         out = []
         for i, m in enumerate(msgs):
@@ -234,6 +299,29 @@ class ModuleSet:
             except MsgError as exc:
                 raise MsgError(f"message {i}: {exc.log}", exc.code) from None
         return out
+
+
+#: System txs start with a 0x00 byte, which no canonical SignedTx does (it is a MessagePack
+#: array), so a system tx can never be mistaken for, or smuggled in as, a user tx.
+SYSTEM_TX_PREFIX = b"\x00cifer/system/v1\x00"
+
+
+def encode_system_tx(msg: AnyMsg) -> bytes:
+    return SYSTEM_TX_PREFIX + encoding.encode(msg)
+
+
+def is_system_tx(raw: bytes) -> bool:
+    return raw.startswith(SYSTEM_TX_PREFIX)
+
+
+def decode_system_tx(raw: bytes) -> AnyMsg:
+    """The message of a system tx; MsgError if the bytes are not one."""
+    if not is_system_tx(raw):
+        raise MsgError("not a system tx", Code.MALFORMED_TX)
+    try:
+        return encoding.decode(raw[len(SYSTEM_TX_PREFIX) :], AnyMsg)
+    except EncodingError as exc:
+        raise MsgError(f"malformed system tx: {exc}", Code.MALFORMED_TX) from None
 
 
 def pack(type_str: str, msg: Canonical) -> AnyMsg:

@@ -1,0 +1,739 @@
+"""fl: federated training jobs coordinated by the ledger, with proof of aggregation.
+
+Life of a job (DESIGN.md, "Decentralized FL on chain"):
+
+1. ``CreateJob`` escrows the reward pool in this module's account and records the model
+   recipe, the initial weights' hash, the aggregation rule and the round schedule.
+2. ``JoinJob`` adds a client (allow-list and reputation permitting). Once ``min_clients``
+   have joined, round 0 starts at the next height.
+3. Each client trains, uploads its update blob to a node and sends ``SubmitUpdate`` (round,
+   blob hash, sample count). A round closes at the end of the block in which every member
+   has submitted, or at its deadline (``round_blocks`` after it started); members who did
+   not submit are stragglers.
+4. The next block starts with the system message ``Aggregate``: its proposer ran the job's
+   rule over the submitted updates (sorted by client address) and states the new model's
+   hash, which clients the rule accepted, each client's agreement with the aggregate and
+   the stragglers. Every validator recomputes it and votes nil if anything differs
+   (:meth:`CiferApp._check_system`), so an aggregate is final only when > 2/3 of the voting
+   power computed the same one. The computation itself (blobs, NumPy) lives in
+   :mod:`cifer.app.fl_engine`; this module is the pure state machine.
+5. Applying ``Aggregate`` moves the model on, updates reputation (accepted, rejected,
+   straggler), pays the round's share of the escrow and records the round. After the last
+   round the leftover escrow returns to the creator and the final model gets a provenance
+   record (initial model, every round's aggregate, contributing clients).
+
+Decisions
+---------
+* Sample counts are self-reported, so rewards cap each at twice the round's median: an
+  attacker claiming a billion samples cannot take the pool.
+* Rewards: ``escrow_left // rounds_left`` per round; ``proposer_fee_bps`` of it to the
+  proposer of the aggregate block; the rest to accepted clients in proportion to
+  reputation times (capped) samples. Integer remainders go to the proposer, so every ucif
+  is accounted for; a round with no accepted client leaves its share in escrow.
+* Only built-in aggregation rules: a ``module:function`` plug-in would run arbitrary code
+  on every validator.
+* A round in which nobody submitted closes without an aggregate (the model stays).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, ClassVar, Final, Protocol
+
+import msgspec
+
+from cifer.app.contracts.bank import TOTAL_SUPPLY, BankModule
+from cifer.app.module import (
+    Code,
+    Context,
+    InvariantViolation,
+    Module,
+    MsgError,
+    SystemUnavailable,
+    module_address,
+    pack,
+)
+from cifer.app.state import StateOverlay
+from cifer.base.chain.types import AnyMsg
+from cifer.base.crypto.keys import ADDRESS_LEN, to_bech32
+from cifer.base.encoding import Canonical
+
+ESCROW: Final = module_address("fl")
+PRIVACY_MODES: Final = ("plain",)
+MAX_ROUNDS: Final = 10_000
+MAX_CLIENTS: Final = 1_000
+MAX_SAMPLES: Final = 10**9
+MAX_PARAM_ENTRIES: Final = 32
+MAX_TEXT: Final = 256
+MAX_ALLOW_LIST: Final = 1_000
+
+_JOB: Final = b"fl/job/"
+_NEXT: Final = b"fl/next_job"
+_MEMBER: Final = b"fl/member/"
+_UPD: Final = b"fl/upd/"
+_ROUND: Final = b"fl/round/"
+_ACTIVE: Final = b"fl/active/"
+_PROV: Final = b"fl/prov/"
+_ESCROW_TOTAL: Final = b"fl/escrow_total"
+
+
+# ------------------------------------------------------------------ messages
+
+
+class CreateJob(Canonical, frozen=True):
+    name: str
+    model: str  # trainer recipe for clients, e.g. "mlp:32" (cifer.compute.fl.trainers)
+    input_shape: list[int]
+    num_classes: int
+    initial_model: bytes  # SHA-256 of the initial weights' safetensors blob
+    rule: str  # built-in aggregation rule name
+    rule_params: dict[str, str]  # parsed by the engine (no floats on chain)
+    byzantine: int  # f, the number of Byzantine clients the rule must tolerate
+    privacy: str
+    rounds: int
+    min_clients: int
+    max_clients: int
+    round_blocks: int  # deadline of a round, in blocks after it starts
+    reward: int  # ucif escrowed from the creator
+    min_reputation_ppm: int = 0
+    allow_list: list[bytes] = msgspec.field(default_factory=list)
+    purpose: str = "train"
+    train: dict[str, str] = msgspec.field(
+        default_factory=dict
+    )  # local training hints for clients (epochs, lr, batch)
+    proposer_fee_bps: int = 500
+
+
+class JoinJob(Canonical, frozen=True):
+    job_id: int
+    dataset: bytes = b""  # SHA-256 of the dataset the client declares (may be empty)
+
+
+class SubmitUpdate(Canonical, frozen=True):
+    job_id: int
+    round: int
+    update: bytes  # SHA-256 of the update blob (a model delta in safetensors)
+    samples: int
+
+
+class Aggregate(Canonical, frozen=True):
+    """System message: the result of one round, recomputed by every validator."""
+
+    job_id: int
+    round: int
+    model: bytes  # hash of the new global model blob
+    clients: list[bytes]  # submitters, sorted by address (the canonical order)
+    accepted: list[bool]
+    agreement_ppm: list[int]  # cosine of each update with the aggregate, in [-1e6, 1e6]
+    stragglers: list[bytes]
+
+
+# ------------------------------------------------------------------ state
+
+
+class JobStatus:
+    OPEN = 0  # waiting for min_clients
+    RUNNING = 1
+    CLOSING = 2  # round closed; the next block must carry its Aggregate
+    DONE = 3
+
+    NAMES: ClassVar[dict[int, str]] = {0: "open", 1: "running", 2: "closing", 3: "done"}
+
+
+class Job(Canonical, frozen=True):
+    id: int
+    creator: bytes
+    spec: CreateJob
+    status: int
+    round: int
+    round_start: int  # height at which the current round opened
+    model: bytes  # current global model hash
+    escrow_left: int
+    members: int
+    created: int
+    finished: int = 0
+
+    @property
+    def deadline(self) -> int:
+        """Last height at which the current round accepts updates."""
+        return self.round_start + self.spec.round_blocks - 1
+
+
+class Member(Canonical, frozen=True):
+    joined: int
+    dataset: bytes
+
+
+class UpdateRecord(Canonical, frozen=True):
+    update: bytes
+    samples: int
+    height: int
+
+
+class RoundRecord(Canonical, frozen=True):
+    round: int
+    model: bytes
+    clients: list[bytes]
+    accepted: list[bool]
+    agreement_ppm: list[int]
+    stragglers: list[bytes]
+    paid: list[int]  # to each of ``clients``
+    proposer: bytes
+    proposer_paid: int
+    height: int
+
+
+class Provenance(Canonical, frozen=True):
+    """Minimal asset record of a job's final model (the registry extends it)."""
+
+    asset_id: bytes
+    job_id: int
+    model: bytes
+    initial_model: bytes
+    round_models: list[bytes]
+    contributors: list[bytes]
+    height: int
+
+
+class UpdateRef(msgspec.Struct, frozen=True):
+    """One submitted update as the engine needs it."""
+
+    client: bytes
+    update: bytes
+    samples: int
+    reputation_ppm: int
+
+
+class AggregateOutcome(msgspec.Struct, frozen=True):
+    model: bytes
+    accepted: list[bool]
+    agreement_ppm: list[int]
+
+
+class FlEngine(Protocol):
+    """What the contract needs from outside state (blobs, NumPy): see cifer.app.fl_engine."""
+
+    def check_update(self, job: Job, update: bytes) -> str:
+        """ "" if the blob is held (fetched if need be) and fits the job's model, else why."""
+
+    def aggregate(self, job: Job, updates: list[UpdateRef]) -> AggregateOutcome:
+        """Run the job's rule; store the new model blob; raise SystemUnavailable."""
+
+
+def _job_key(job_id: int) -> bytes:
+    return _JOB + job_id.to_bytes(8, "big")
+
+
+def _round_prefix(prefix: bytes, job_id: int, round_: int) -> bytes:
+    return prefix + job_id.to_bytes(8, "big") + round_.to_bytes(4, "big")
+
+
+def asset_id_for(chain_id: str, job_id: int, model: bytes) -> bytes:
+    return hashlib.sha256(
+        b"cifer/asset/v1\x00" + chain_id.encode() + job_id.to_bytes(8, "big") + model
+    ).digest()
+
+
+def capped_samples(samples: list[int]) -> list[int]:
+    """Each count capped at twice the median (lower median): self-reports can't dominate."""
+    if not samples:
+        return []
+    cap = 2 * sorted(samples)[(len(samples) - 1) // 2]
+    return [min(s, cap) for s in samples]
+
+
+def _reputation(ctx: Context) -> Any:
+    from cifer.app.contracts.reputation import ReputationModule
+
+    try:
+        return ctx.modules.get(ReputationModule)
+    except KeyError:
+        return None
+
+
+class FlModule(Module):
+    name: ClassVar[str] = "fl"
+    msgs: ClassVar[dict[str, type[Canonical]]] = {
+        "fl/CreateJob": CreateJob,
+        "fl/JoinJob": JoinJob,
+        "fl/SubmitUpdate": SubmitUpdate,
+    }
+    system_msgs: ClassVar[dict[str, type[Canonical]]] = {"fl/Aggregate": Aggregate}
+
+    def __init__(self, engine: FlEngine | None = None) -> None:
+        self.engine = engine
+
+    # ------------------------------------------------------------ reads
+
+    @staticmethod
+    def job(state: StateOverlay, job_id: int) -> Job | None:
+        raw = state.get(_job_key(job_id))
+        return None if raw is None else _decode(raw, Job)
+
+    @classmethod
+    def jobs(cls, state: StateOverlay) -> list[Job]:
+        return [_decode(raw, Job) for _, raw in state.iter_prefix(_JOB)]
+
+    @staticmethod
+    def member(state: StateOverlay, job_id: int, addr: bytes) -> Member | None:
+        raw = state.get(_MEMBER + job_id.to_bytes(8, "big") + addr)
+        return None if raw is None else _decode(raw, Member)
+
+    @staticmethod
+    def members(state: StateOverlay, job_id: int) -> list[bytes]:
+        prefix = _MEMBER + job_id.to_bytes(8, "big")
+        return [k[len(prefix) :] for k, _ in state.iter_prefix(prefix)]
+
+    @staticmethod
+    def updates(state: StateOverlay, job_id: int, round_: int) -> list[tuple[bytes, UpdateRecord]]:
+        """Submitted updates of a round, sorted by client address (the canonical order)."""
+        prefix = _round_prefix(_UPD, job_id, round_)
+        return [
+            (k[len(prefix) :], _decode(raw, UpdateRecord)) for k, raw in state.iter_prefix(prefix)
+        ]
+
+    @staticmethod
+    def round_record(state: StateOverlay, job_id: int, round_: int) -> RoundRecord | None:
+        raw = state.get(_round_prefix(_ROUND, job_id, round_))
+        return None if raw is None else _decode(raw, RoundRecord)
+
+    @staticmethod
+    def provenance(state: StateOverlay, job_id: int) -> Provenance | None:
+        raw = state.get(_PROV + job_id.to_bytes(8, "big"))
+        return None if raw is None else _decode(raw, Provenance)
+
+    # ------------------------------------------------------------ messages
+
+    def validate_msg(self, msg: Canonical, sender: bytes) -> None:
+        if isinstance(msg, CreateJob):
+            _validate_create(msg)
+        elif isinstance(msg, JoinJob):
+            if msg.job_id < 1:
+                raise MsgError("job_id must be >= 1", Code.INVALID_MSG)
+            if msg.dataset and len(msg.dataset) != 32:
+                raise MsgError("dataset must be a 32-byte SHA-256 or empty", Code.INVALID_MSG)
+        elif isinstance(msg, SubmitUpdate):
+            if msg.job_id < 1 or msg.round < 0:
+                raise MsgError("job_id must be >= 1 and round >= 0", Code.INVALID_MSG)
+            if len(msg.update) != 32:
+                raise MsgError("update must be the 32-byte SHA-256 of its blob", Code.INVALID_MSG)
+            if not 1 <= msg.samples <= MAX_SAMPLES:
+                raise MsgError(f"samples must be in 1..{MAX_SAMPLES}", Code.INVALID_MSG)
+
+    def admissible(self, ctx: Context, msg: Canonical, sender: bytes) -> str:
+        if not isinstance(msg, SubmitUpdate):
+            return ""
+        job = self.job(ctx.state, msg.job_id)
+        if job is None or self.engine is None:
+            return ""  # handle() rejects an unknown job deterministically
+        return self.engine.check_update(job, msg.update)
+
+    def handle(self, ctx: Context, msg: Canonical, sender: bytes) -> None:
+        if isinstance(msg, CreateJob):
+            self._create(ctx, msg, sender)
+        elif isinstance(msg, JoinJob):
+            self._join(ctx, msg, sender)
+        elif isinstance(msg, SubmitUpdate):
+            self._submit(ctx, msg, sender)
+        else:
+            raise MsgError(f"fl does not handle {type(msg).__name__}", Code.UNKNOWN_MSG)
+
+    def _create(self, ctx: Context, msg: CreateJob, sender: bytes) -> None:
+        state = ctx.state
+        job_id = state.get_int(_NEXT, 1)
+        BankModule.transfer(ctx, sender, ESCROW, msg.reward, what="job reward escrow")
+        state.set_int(_NEXT, job_id + 1)
+        state.set_int(_ESCROW_TOTAL, state.get_int(_ESCROW_TOTAL) + msg.reward)
+        job = Job(
+            id=job_id,
+            creator=sender,
+            spec=msg,
+            status=JobStatus.OPEN,
+            round=0,
+            round_start=0,
+            model=msg.initial_model,
+            escrow_left=msg.reward,
+            members=0,
+            created=ctx.height,
+        )
+        self._put(state, job)
+        state.set(_ACTIVE + job_id.to_bytes(8, "big"), b"\x01")
+        ctx.emit("fl_job_created", job_id=job_id, creator=sender, reward=msg.reward, rule=msg.rule)
+
+    def _join(self, ctx: Context, msg: JoinJob, sender: bytes) -> None:
+        state = ctx.state
+        job = self._require_job(state, msg.job_id)
+        if job.status == JobStatus.DONE:
+            raise MsgError(f"job {job.id} is finished")
+        if self.member(state, job.id, sender) is not None:
+            raise MsgError(f"{to_bech32(sender)} already joined job {job.id}")
+        if job.members >= job.spec.max_clients:
+            raise MsgError(f"job {job.id} is full ({job.spec.max_clients} clients)")
+        if job.spec.allow_list and sender not in job.spec.allow_list:
+            raise MsgError(
+                f"{to_bech32(sender)} is not on job {job.id}'s allow-list", Code.UNAUTHORIZED
+            )
+        rep = _reputation(ctx)
+        if rep is not None:
+            reason = rep.can_join(state, sender, job.spec.min_reputation_ppm)
+            if reason:
+                raise MsgError(f"cannot join job {job.id}: {reason}", Code.UNAUTHORIZED)
+        state.set_obj(_MEMBER + job.id.to_bytes(8, "big") + sender, Member(ctx.height, msg.dataset))
+        self._put(state, msgspec.structs.replace(job, members=job.members + 1))
+        ctx.emit("fl_join", job_id=job.id, client=sender)
+
+    def _submit(self, ctx: Context, msg: SubmitUpdate, sender: bytes) -> None:
+        state = ctx.state
+        job = self._require_job(state, msg.job_id)
+        if job.status != JobStatus.RUNNING:
+            what = "has not started" if job.status == JobStatus.OPEN else "is not taking updates"
+            raise MsgError(f"job {job.id} {what} (status {JobStatus.NAMES[job.status]})")
+        if msg.round != job.round:
+            raise MsgError(
+                f"round {msg.round} of job {job.id} is "
+                f"{'closed' if msg.round < job.round else 'not open yet'}; "
+                f"the current round is {job.round}"
+            )
+        if ctx.height > job.deadline:
+            raise MsgError(f"round {job.round} of job {job.id} closed at height {job.deadline}")
+        if self.member(state, job.id, sender) is None:
+            raise MsgError(f"{to_bech32(sender)} has not joined job {job.id}", Code.UNAUTHORIZED)
+        key = _round_prefix(_UPD, job.id, job.round) + sender
+        if state.has(key):
+            raise MsgError(f"{to_bech32(sender)} already submitted for round {job.round}")
+        state.set_obj(key, UpdateRecord(msg.update, msg.samples, ctx.height))
+        ctx.emit("fl_update", job_id=job.id, round=job.round, client=sender, update=msg.update)
+
+    # ------------------------------------------------------------ rounds
+
+    def end_block(self, ctx: Context) -> list[Any]:
+        state = ctx.state
+        for key, _ in list(state.iter_prefix(_ACTIVE)):
+            job = self.job(state, int.from_bytes(key[len(_ACTIVE) :], "big"))
+            assert job is not None
+            if job.status == JobStatus.OPEN and job.members >= job.spec.min_clients:
+                self._put(
+                    state,
+                    msgspec.structs.replace(
+                        job, status=JobStatus.RUNNING, round_start=ctx.height + 1
+                    ),
+                )
+                ctx.emit(
+                    "fl_round_open",
+                    job_id=job.id,
+                    round=0,
+                    deadline=ctx.height + job.spec.round_blocks,
+                )
+            elif job.status == JobStatus.RUNNING:
+                submitted = len(self.updates(state, job.id, job.round))
+                if submitted >= job.members or ctx.height >= job.deadline:
+                    if submitted > 0:
+                        self._put(state, msgspec.structs.replace(job, status=JobStatus.CLOSING))
+                        ctx.emit(
+                            "fl_round_closed", job_id=job.id, round=job.round, updates=submitted
+                        )
+                    else:
+                        self._empty_round(ctx, job)
+        return []
+
+    def _empty_round(self, ctx: Context, job: Job) -> None:
+        stragglers = self.members(ctx.state, job.id)
+        rep = _reputation(ctx)
+        if rep is not None:
+            from cifer.app.contracts.reputation import RepEvent
+
+            for a in stragglers:
+                rep.record(ctx, a, RepEvent.CLIENT_STRAGGLER, job_id=job.id, round=job.round)
+        record = RoundRecord(job.round, job.model, [], [], [], stragglers, [], b"", 0, ctx.height)
+        ctx.state.set_obj(_round_prefix(_ROUND, job.id, job.round), record)
+        ctx.emit("fl_round_empty", job_id=job.id, round=job.round)
+        self._advance(ctx, job, job.model)
+
+    def _advance(self, ctx: Context, job: Job, model: bytes) -> None:
+        nxt = job.round + 1
+        if nxt < job.spec.rounds:
+            self._put(
+                ctx.state,
+                msgspec.structs.replace(
+                    job,
+                    status=JobStatus.RUNNING,
+                    round=nxt,
+                    round_start=ctx.height + 1,
+                    model=model,
+                ),
+            )
+            return
+        self._finish(ctx, msgspec.structs.replace(job, model=model))
+
+    def _finish(self, ctx: Context, job: Job) -> None:
+        state = ctx.state
+        if job.escrow_left > 0:
+            BankModule.transfer(ctx, ESCROW, job.creator, job.escrow_left, what="escrow refund")
+            state.set_int(_ESCROW_TOTAL, state.get_int(_ESCROW_TOTAL) - job.escrow_left)
+        rounds = [self.round_record(state, job.id, r) for r in range(job.spec.rounds)]
+        contributors = sorted(
+            {
+                c
+                for rec in rounds
+                if rec is not None
+                for c, ok in zip(rec.clients, rec.accepted, strict=True)
+                if ok
+            }
+        )
+        asset = asset_id_for(ctx.chain_id, job.id, job.model)
+        prov = Provenance(
+            asset_id=asset,
+            job_id=job.id,
+            model=job.model,
+            initial_model=job.spec.initial_model,
+            round_models=[rec.model for rec in rounds if rec is not None],
+            contributors=contributors,
+            height=ctx.height,
+        )
+        state.set_obj(_PROV + job.id.to_bytes(8, "big"), prov)
+        self._put(
+            state,
+            msgspec.structs.replace(job, status=JobStatus.DONE, escrow_left=0, finished=ctx.height),
+        )
+        state.delete(_ACTIVE + job.id.to_bytes(8, "big"))
+        ctx.emit("fl_job_done", job_id=job.id, model=job.model, asset=asset)
+
+    # ------------------------------------------------------------ proof of aggregation
+
+    def closing_jobs(self, state: StateOverlay) -> list[Job]:
+        out = []
+        for key, _ in state.iter_prefix(_ACTIVE):
+            job = self.job(state, int.from_bytes(key[len(_ACTIVE) :], "big"))
+            if job is not None and job.status == JobStatus.CLOSING:
+                out.append(job)
+        return out
+
+    def propose_system(self, ctx: Context) -> list[Canonical]:
+        jobs = self.closing_jobs(ctx.state)
+        if not jobs:
+            return []
+        if self.engine is None:
+            raise SystemUnavailable("this node has no FL engine to compute aggregates")
+        rep = _reputation(ctx)
+        out: list[Canonical] = []
+        for job in jobs:
+            ups = self.updates(ctx.state, job.id, job.round)
+            refs = [
+                UpdateRef(a, u.update, u.samples, rep.score(ctx.state, a) if rep else 1_000_000)
+                for a, u in ups
+            ]
+            outcome = self.engine.aggregate(job, refs)
+            clients = [a for a, _ in ups]
+            done = set(clients)
+            stragglers = [a for a in self.members(ctx.state, job.id) if a not in done]
+            out.append(
+                Aggregate(
+                    job.id,
+                    job.round,
+                    outcome.model,
+                    clients,
+                    list(outcome.accepted),
+                    list(outcome.agreement_ppm),
+                    stragglers,
+                )
+            )
+        return out
+
+    def handle_system(self, ctx: Context, msg: Canonical) -> None:
+        if not isinstance(msg, Aggregate):
+            raise MsgError(f"fl has no system message {type(msg).__name__}", Code.UNKNOWN_MSG)
+        state = ctx.state
+        job = self._require_job(state, msg.job_id)
+        if job.status != JobStatus.CLOSING or job.round != msg.round:
+            raise MsgError(f"job {job.id} round {msg.round} is not awaiting its aggregate")
+        ups = self.updates(state, job.id, job.round)
+        if [a for a, _ in ups] != msg.clients:
+            raise MsgError("aggregate lists other clients than those who submitted")
+        n = len(ups)
+        if len(msg.accepted) != n or len(msg.agreement_ppm) != n or len(msg.model) != 32:
+            raise MsgError("aggregate fields do not match the number of submitted updates")
+        rep = _reputation(ctx)
+        samples = capped_samples([u.samples for _, u in ups])
+        # rewards
+        rounds_left = job.spec.rounds - job.round
+        share = job.escrow_left // rounds_left
+        fee = share * job.spec.proposer_fee_bps // 10_000
+        pool = share - fee
+        weights = [
+            (rep.score(state, a) if rep else 1_000_000) * s if ok else 0
+            for (a, _), s, ok in zip(ups, samples, msg.accepted, strict=True)
+        ]
+        total_w = sum(weights)
+        paid = [pool * w // total_w for w in weights] if total_w else [0] * n
+        # remainders of the integer split go to the proposer; with no accepted client
+        # the pool stays in escrow for later rounds (or the creator's refund)
+        proposer_paid = fee + (pool - sum(paid) if total_w else 0)
+        proposer = ctx.proposer
+        if len(proposer) != ADDRESS_LEN:
+            proposer_paid = 0
+        for (a, _), amount in zip(ups, paid, strict=True):
+            if amount:
+                BankModule.transfer(ctx, ESCROW, a, amount, what="fl reward")
+        if proposer_paid:
+            BankModule.transfer(ctx, ESCROW, proposer, proposer_paid, what="aggregation fee")
+        spent = sum(paid) + proposer_paid
+        state.set_int(_ESCROW_TOTAL, state.get_int(_ESCROW_TOTAL) - spent)
+        job = msgspec.structs.replace(job, escrow_left=job.escrow_left - spent)
+        # reputation
+        if rep is not None:
+            from cifer.app.contracts.reputation import RepEvent
+
+            for (a, _), ok, agree in zip(ups, msg.accepted, msg.agreement_ppm, strict=True):
+                if ok:
+                    target = 1_000_000 if agree >= 0 else 500_000
+                    rep.record(
+                        ctx,
+                        a,
+                        RepEvent.CLIENT_ACCEPTED,
+                        value_ppm=target,
+                        job_id=job.id,
+                        round=job.round,
+                    )
+                else:
+                    rep.record(ctx, a, RepEvent.CLIENT_REJECTED, job_id=job.id, round=job.round)
+            for a in msg.stragglers:
+                rep.record(ctx, a, RepEvent.CLIENT_STRAGGLER, job_id=job.id, round=job.round)
+        record = RoundRecord(
+            job.round,
+            msg.model,
+            msg.clients,
+            msg.accepted,
+            msg.agreement_ppm,
+            msg.stragglers,
+            paid,
+            proposer,
+            proposer_paid,
+            ctx.height,
+        )
+        state.set_obj(_round_prefix(_ROUND, job.id, job.round), record)
+        ctx.emit(
+            "fl_aggregate",
+            job_id=job.id,
+            round=job.round,
+            model=msg.model,
+            accepted=sum(msg.accepted),
+            rejected=n - sum(msg.accepted),
+            stragglers=len(msg.stragglers),
+        )
+        self._advance(ctx, job, msg.model)
+
+    # ------------------------------------------------------------ helpers
+
+    def invariants(self, ctx: Context) -> None:
+        total = ctx.state.get_int(_ESCROW_TOTAL)
+        held = BankModule.balance(ctx.state, ESCROW)
+        if total != held:
+            raise InvariantViolation(
+                f"fl escrow: jobs hold {total} ucif but the escrow account has {held} ucif"
+            )
+
+    @staticmethod
+    def _put(state: StateOverlay, job: Job) -> None:
+        state.set_obj(_job_key(job.id), job)
+
+    def _require_job(self, state: StateOverlay, job_id: int) -> Job:
+        job = self.job(state, job_id)
+        if job is None:
+            raise MsgError(f"no job {job_id}", Code.NOT_FOUND)
+        return job
+
+
+def _decode(raw: bytes, typ: type[Any]) -> Any:
+    from cifer.base import encoding
+
+    return encoding.decode(raw, typ)
+
+
+def _validate_create(msg: CreateJob) -> None:
+    def bad(text: str) -> MsgError:
+        return MsgError(f"CreateJob: {text}", Code.INVALID_MSG)
+
+    if not msg.name or len(msg.name) > MAX_TEXT:
+        raise bad(f"name must be 1..{MAX_TEXT} characters")
+    if not msg.model or len(msg.model) > MAX_TEXT:
+        raise bad("model must name a trainer recipe, e.g. 'mlp:32'")
+    if not msg.input_shape or len(msg.input_shape) > 4 or min(msg.input_shape) < 1:
+        raise bad("input_shape must be 1 to 4 positive integers")
+    if not 2 <= msg.num_classes <= 100_000:
+        raise bad("num_classes must be in 2..100000")
+    if len(msg.initial_model) != 32:
+        raise bad("initial_model must be the 32-byte SHA-256 of the initial weights blob")
+    from cifer.app.fl_engine import onchain_rule
+
+    try:
+        onchain_rule(msg.rule)
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    for d, label in ((msg.rule_params, "rule_params"), (msg.train, "train")):
+        if len(d) > MAX_PARAM_ENTRIES or any(
+            len(k) > 64 or len(v) > MAX_TEXT for k, v in d.items()
+        ):
+            raise bad(f"{label}: at most {MAX_PARAM_ENTRIES} short entries")
+    if msg.privacy not in PRIVACY_MODES:
+        raise bad(
+            f"privacy mode {msg.privacy!r} is not available on chain yet; "
+            f"supported: {', '.join(PRIVACY_MODES)}"
+        )
+    if not 1 <= msg.rounds <= MAX_ROUNDS:
+        raise bad(f"rounds must be in 1..{MAX_ROUNDS}")
+    if not 1 <= msg.min_clients <= msg.max_clients <= MAX_CLIENTS:
+        raise bad(f"need 1 <= min_clients <= max_clients <= {MAX_CLIENTS}")
+    if not 0 <= msg.byzantine < msg.min_clients:
+        raise bad("byzantine must be >= 0 and below min_clients")
+    if not 1 <= msg.round_blocks <= 100_000:
+        raise bad("round_blocks must be in 1..100000")
+    if not 0 < msg.reward <= TOTAL_SUPPLY:
+        raise bad("reward must be a positive amount of ucif")
+    if not 0 <= msg.min_reputation_ppm <= 1_000_000:
+        raise bad("min_reputation_ppm must be in 0..1000000")
+    if len(msg.allow_list) > MAX_ALLOW_LIST or any(len(a) != ADDRESS_LEN for a in msg.allow_list):
+        raise bad(f"allow_list: at most {MAX_ALLOW_LIST} {ADDRESS_LEN}-byte addresses")
+    if not msg.purpose or len(msg.purpose) > MAX_TEXT:
+        raise bad("purpose must be 1..256 characters, e.g. 'train:classification'")
+    if not 0 <= msg.proposer_fee_bps <= 10_000:
+        raise bad("proposer_fee_bps must be in 0..10000")
+    _check_rule_runs(msg)
+
+
+def _check_rule_runs(msg: CreateJob) -> None:
+    """Refuse a job whose rule cannot run with its own parameters on min_clients updates
+    (unknown parameter names, Krum with n < 2f + 3 ...): better now than at round 0."""
+    import numpy as np
+
+    from cifer.app.fl_engine import onchain_rule, parse_params
+    from cifer.compute.fl.aggregators.base import AggContext, AggregationError
+    from cifer.compute.fl.aggregators.registry import aggregate
+
+    n = msg.min_clients
+    ctx = AggContext(
+        f=msg.byzantine,
+        params=parse_params(msg.rule_params),
+        reputation=np.full(n, 1_000_000, dtype=np.int64),
+        rng=np.random.default_rng(0),
+    )
+    rows = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    try:
+        aggregate(onchain_rule(msg.rule), rows, np.ones(n), ctx, allow_plugins=False)
+    except (AggregationError, ValueError, TypeError) as exc:
+        raise MsgError(
+            f"CreateJob: rule {msg.rule!r} cannot run on {n} clients with these "
+            f"parameters: {exc}",
+            Code.INVALID_MSG,
+        ) from None
+
+
+def create_job_msg(**fields: Any) -> AnyMsg:
+    return pack("fl/CreateJob", CreateJob(**fields))
+
+
+def join_job_msg(job_id: int, dataset: bytes = b"") -> AnyMsg:
+    return pack("fl/JoinJob", JoinJob(job_id, dataset))
+
+
+def submit_update_msg(job_id: int, round_: int, update: bytes, samples: int) -> AnyMsg:
+    return pack("fl/SubmitUpdate", SubmitUpdate(job_id, round_, update, samples))
