@@ -155,6 +155,9 @@ class CiferApp:
         #: Fault injection for tests of proof of aggregation: rewrites this node's system
         #: messages before it proposes them (a Byzantine proposer). Never set in production.
         self.tamper_system: Callable[[list[AnyMsg]], list[AnyMsg]] | None = None
+        #: Proposals this node refused in process_proposal, and the last reason (for /status).
+        self.rejected_proposals = 0
+        self.last_rejection = ""
         raw_chain = state_store.get_meta(_META_CHAIN_ID)
         self.chain_id = "" if raw_chain is None else raw_chain.decode()
         if self.chain_id:
@@ -265,6 +268,9 @@ class CiferApp:
                 return ProcessResult(False, reason)
             exe = self._execute(block, verify=True)
             if exe.reject_reason:
+                self.rejected_proposals += 1
+                self.last_rejection = f"height {block.header.height}: {exe.reject_reason}"
+                logger.warning("refusing proposal at %s", self.last_rejection)
                 return ProcessResult(False, exe.reject_reason)
             self._proposals[_block_key(block)] = exe
             while len(self._proposals) > _PROPOSAL_CACHE:

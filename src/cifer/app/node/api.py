@@ -198,6 +198,8 @@ def build_app(node: Node) -> FastAPI:
                 for p in node.network.peers()
             ],
             "mempool": {"txs": len(node.replica.mempool), "bytes": node.replica.mempool.size_bytes},
+            "proposals_rejected": node.app.rejected_proposals,
+            "last_rejection": node.app.last_rejection,
             "halted": node.halted,
         }
 
@@ -300,6 +302,10 @@ def build_app(node: Node) -> FastAPI:
             node.subscribers.discard(q)
 
     _add_blob_routes(api, node)
+
+    from cifer.app.node.api_fl import add_fl_routes
+
+    add_fl_routes(api, node)
 
     if cfg.fault_injection:
 

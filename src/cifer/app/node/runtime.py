@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from cifer.app.application import CiferApp
+from cifer.app.application import CiferApp, default_modules
+from cifer.app.fl_engine import BlobEngine
 from cifer.app.node.config import Home, NodeConfig, read_key
 from cifer.base.chain.executor import BlockExecutor
 from cifer.base.chain.genesis import load_genesis
@@ -72,7 +73,10 @@ class Node:
         cfg = self.config
         self.blobs = BlobStore(data / "blobs", cfg.blob_max_bytes)
         self.blob_fetcher = BlobFetcher(self.blobs, cfg.blob_peers, cfg.blob_fetch_timeout_s)
-        self.app = CiferApp(StateStore(data / "state.db"))
+        engine = BlobEngine(
+            self.blobs, self.blob_fetcher, fetch_timeout_s=cfg.blob_fetch_timeout_s
+        )
+        self.app = CiferApp(StateStore(data / "state.db"), default_modules(engine))
         self.blocks = BlockStore(data / "blocks.db")
         self.executor = BlockExecutor(
             self.genesis, self.app, self.blocks, chain_db=str(data / "chain.db")
@@ -105,6 +109,7 @@ class Node:
         self._commit_waiters: dict[bytes, list[asyncio.Future[int]]] = {}
         self.subscribers: set[asyncio.Queue[BlockEvent]] = set()
         self.halted: str | None = None
+        self._model_sync: asyncio.Future[list[bytes]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -245,6 +250,7 @@ class Node:
     def _on_commit(self, c: Committed) -> None:
         if not self._replaying:
             self.wal.start_height(c.height + 1)
+            self._sync_models()
         hashes = list(c.tx_hashes)
         ev = BlockEvent(c.height, c.block_hash, c.round, c.time_ms, c.app_hash, hashes)
         for h in hashes:
@@ -254,6 +260,28 @@ class Node:
         for q in list(self.subscribers):
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(ev)
+
+    def _sync_models(self) -> None:
+        """Fetch, in the background, current job models this node does not hold.
+
+        A node that applied aggregates from block sync or replay (which never recompute
+        them) would otherwise lack the blobs it must serve to clients and verify against.
+        """
+        from cifer.app.contracts.fl import FlModule
+        from cifer.app.state import StateOverlay
+
+        if self._model_sync is not None and not self._model_sync.done():
+            return
+        state = StateOverlay(self.app.store)
+        missing = [
+            h for job in FlModule.jobs(state) for h in (job.model,) if not self.blobs.has(h)
+        ]
+        if not missing or not self.blob_fetcher.peers:
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop (tests driving by hand)
+            self._model_sync = asyncio.get_running_loop().run_in_executor(
+                None, self.blob_fetcher.fetch_missing, missing
+            )
 
     def resume(self) -> None:
         """Start consensus at the next height, then replay this height's WAL.
