@@ -21,6 +21,7 @@ GROUPS = (
     ("cifer.app.cli.node", "node"),
     ("cifer.app.cli.fl", "fl"),
     ("cifer.app.cli.bench", "bench"),
+    ("cifer.app.cli.fl_client", "client"),
 )
 
 

@@ -89,6 +89,7 @@ from cifer.compute.fl.trainers import (
     Trainer,
     TrainerError,
     get_flat,
+    local_update,
     param_spec,
     sample_batch,
     set_flat,
@@ -663,11 +664,14 @@ def _client_update(
     out: F32Array,
 ) -> float:
     """Write client's FedAvg delta (or FedSGD gradient) into ``out``; return its loss."""
-    set_flat(trainer, spec, w)
     if cfg.mode == "fedsgd":
+        set_flat(trainer, spec, w)
         out[...] = trainer.gradient(data.x, data.y, batch_size=cfg.batch_size, rng=rng)
         return float("nan")
-    info = trainer.fit(
+    _, loss = local_update(
+        trainer,
+        spec,
+        w,
         data.x,
         data.y,
         epochs=cfg.local_epochs,
@@ -675,9 +679,9 @@ def _client_update(
         lr=cfg.lr,
         rng=rng,
         steps=cfg.local_steps,
+        out=out,
     )
-    np.subtract(get_flat(trainer, spec), w, out=out)
-    return float(info.get("loss", float("nan")))
+    return loss
 
 
 def _train_local(state: _State, r: int) -> list[float]:

@@ -124,6 +124,33 @@ def set_flat(trainer: Trainer, spec: ParamSpec, vector: F32Array) -> None:
         trainer.set_params(spec.unflatten(vector, copy=False))
 
 
+def local_update(
+    trainer: Trainer,
+    spec: ParamSpec,
+    w: F32Array,
+    x: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    rng: np.random.Generator,
+    steps: int | None = None,
+    out: F32Array | None = None,
+) -> tuple[F32Array, float]:
+    """One FedAvg client step: load the global model ``w``, train locally, and return the
+    delta ``w_local - w`` (written into ``out`` if given) with the mean training loss.
+
+    The simulator and the on-chain client (:mod:`cifer.app.sdk`) both use this, so an
+    update computed in a real deployment is exactly the one the simulator would compute.
+    """
+    set_flat(trainer, spec, w)
+    info = trainer.fit(x, y, epochs=epochs, batch_size=batch_size, lr=lr, rng=rng, steps=steps)
+    delta = np.empty(spec.size, dtype=DTYPE) if out is None else out
+    np.subtract(get_flat(trainer, spec), w, out=delta)
+    return delta, float(info.get("loss", float("nan")))
+
+
 def check_xy(
     x: npt.NDArray[Any], y: npt.NDArray[Any], num_classes: int, name: str
 ) -> tuple[F32Array, IntArray]:
