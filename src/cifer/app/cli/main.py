@@ -48,9 +48,11 @@ def _mount() -> None:
             raise
         app.add_typer(mod.app, name=group)
     from cifer.app.cli.client import query_app, tx_app
+    from cifer.app.cli.demo import demo_command
     from cifer.app.cli.node import init_command
 
     app.command("init")(init_command)
+    app.command("demo")(demo_command)
     app.add_typer(tx_app, name="tx")
     app.add_typer(query_app, name="query")
 

@@ -51,32 +51,34 @@ class BlobFetcher:
         if not missing or not self.peers:
             return missing
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        # Every peer is asked at once: a peer that is itself blocked (e.g. waiting on a blob
+        # from us) must not use up the deadline before the one that holds the blob is tried.
+        jobs = [(h, peer) for h in missing for peer in self.peers]
         pool = ThreadPoolExecutor(
-            max_workers=min(_MAX_FETCH_THREADS, len(missing)), thread_name_prefix="blob-fetch"
+            max_workers=min(_MAX_FETCH_THREADS, len(jobs)), thread_name_prefix="blob-fetch"
         )
         try:
-            futures = [pool.submit(self._fetch_one, h, deadline) for h in missing]
-            wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+            futures = [pool.submit(self._fetch_from, h, peer, deadline) for h, peer in jobs]
+            while time.monotonic() < deadline and not all(self.store.has(h) for h in missing):
+                wait(futures, timeout=min(0.05, max(0.0, deadline - time.monotonic())))
+                if all(f.done() for f in futures):
+                    break
         finally:
             # Do not wait for stragglers: each stops by itself at the deadline.
             pool.shutdown(wait=False, cancel_futures=True)
         return [h for h in missing if not self.store.has(h)]
 
-    def _fetch_one(self, h: bytes, deadline: float) -> None:
-        start = h[0] % len(self.peers)  # spread the load of many blobs over the peers
-        order = self.peers[start:] + self.peers[:start]
+    def _fetch_from(self, h: bytes, peer: str, deadline: float) -> None:
+        if self.store.has(h) or time.monotonic() >= deadline:
+            return
         with httpx.Client() as client:
-            for peer in order:
-                if self.store.has(h) or time.monotonic() >= deadline:
-                    return
-                data = self._download(client, f"{peer}/blobs/{h.hex()}", deadline)
-                if data is None:
-                    continue
-                try:
-                    self.store.put(data, expected=h)
-                    return
-                except BlobError as exc:
-                    log.warning("peer %s served a bad blob %s: %s", peer, h.hex()[:16], exc)
+            data = self._download(client, f"{peer}/blobs/{h.hex()}", deadline)
+        if data is None or self.store.has(h):
+            return
+        try:
+            self.store.put(data, expected=h)
+        except BlobError as exc:
+            log.warning("peer %s served a bad blob %s: %s", peer, h.hex()[:16], exc)
 
     def _download(self, client: httpx.Client, url: str, deadline: float) -> bytes | None:
         """GET ``url`` within the deadline and the store's size limit, else None."""
