@@ -488,3 +488,41 @@ def _run_robustness(
             raise typer.BadParameter(str(exc)) from exc
         bar.update(task, completed=len(cells))
     return results
+
+
+@app.command()
+def onchain(
+    clients: int = typer.Option(10, min=2, max=50),
+    hidden: int = typer.Option(128, min=1, help="MLP width on 784 inputs (128: 101,770 params)."),
+    rounds: int = typer.Option(5, min=1, max=100),
+    runs: int = typer.Option(3, min=1, max=20),
+    rule: str = typer.Option("multi_krum"),
+    byzantine: int = typer.Option(3, min=0, help="f the rule is told (no client attacks)."),
+) -> None:
+    """Per-round overhead of an on-chain round (no local training) on 4 validators."""
+    from cifer.app.bench.onchain import run_onchain
+
+    res = run_onchain(
+        clients=clients,
+        hidden=hidden,
+        rounds=rounds,
+        runs=runs,
+        rule=rule,
+        byzantine=byzantine,
+        on_status=lambda s: console.print(s),
+    )
+    table = Table(title=f"on-chain round vs in-process aggregation ({machine()})")
+    for col in ("clients", "params", "rule", "on-chain round s", "in-process agg s", "ratio"):
+        table.add_column(col)
+    table.add_row(
+        str(res.clients),
+        f"{res.params:,}",
+        res.rule,
+        f"{res.round_median:.3f}",
+        f"{res.engine_median:.4f}",
+        f"{res.round_median / res.engine_median:.1f}x",
+    )
+    console.print(table)
+    console.print(
+        f"medians of {runs} runs; each run's on-chain figure is the median of {rounds} rounds"
+    )

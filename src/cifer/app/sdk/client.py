@@ -539,9 +539,10 @@ class Client:
             blob = to_bytes(delta)
         except ParamError as exc:
             raise ClientError(f"delta: {exc}") from None
-        return self._send_update(job_id, round, blob, samples)
+        return self.submit_blob(job_id, round, blob, samples)
 
-    def _send_update(self, job_id: int, round_: int, blob: bytes, samples: int) -> str:
+    def submit_blob(self, job_id: int, round_: int, blob: bytes, samples: int) -> str:
+        """Like :meth:`submit` for a delta already serialised (safetensors bytes)."""
         h = self.put_blob(blob)
         if self.replicate_wait_s > 0:
             time.sleep(self.replicate_wait_s)
@@ -777,7 +778,7 @@ class _Runner:
             self.attempts[r] = att
         t0 = time.perf_counter()
         try:
-            self.c._send_update(self.job_id, r, att.blob, att.samples)
+            self.c.submit_blob(self.job_id, r, att.blob, att.samples)
         except NodeUnreachable:
             raise
         except ClientError as exc:
