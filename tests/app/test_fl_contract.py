@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import msgspec
 import numpy as np
 import pytest
 
@@ -26,13 +25,13 @@ from cifer.app.contracts.fl import (
 from cifer.app.contracts.reputation import RepState, ReputationModule
 from cifer.app.fl_engine import BlobEngine
 from cifer.app.module import SYSTEM_TX_PREFIX, Code, decode_system_tx
+from cifer.app.node.api_fl import tamper_aggregates
 from cifer.app.state import StateOverlay
 from cifer.app.txbuilder import make_tx
 from cifer.base.chain.types import AnyMsg
 from cifer.base.crypto.keys import PrivateKey
-from cifer.base.encoding import encode
 from cifer.base.store.state import StateStore
-from cifer.compute.blobs.store import BlobStore
+from cifer.compute.blobs.store import BlobStore, blob_hash
 from cifer.compute.fl.params import to_bytes
 
 from .helpers import CHAIN_ID, FEE, FUND, KEYS, genesis, make_block
@@ -64,11 +63,10 @@ class Net:
         return self.apps[0]
 
     def upload(self, data: bytes, only: Sequence[int] | None = None) -> bytes:
-        h = b""
         for i, s in enumerate(self.stores):
             if only is None or i in only:
-                h = s.put(data)
-        return h or BlobStore(None).put(data)
+                s.put(data)
+        return blob_hash(data)
 
     def tx(self, key: PrivateKey, msg: AnyMsg) -> bytes:
         n = self.nonces.get(key.address, 0)
@@ -104,7 +102,8 @@ class Net:
         return StateOverlay(self.app.store)
 
 
-def make_job(net: Net, **over: object) -> int:
+def job_fields(net: Net, **over: object) -> dict[str, object]:
+    """A valid CreateJob (Multi-Krum keeping 3 of 4, 3 rounds), with ``over`` applied."""
     init = net.upload(to_bytes(params_of(np.zeros(D, np.float32))))
     fields: dict[str, object] = dict(
         name="t",
@@ -123,7 +122,11 @@ def make_job(net: Net, **over: object) -> int:
         reward=3_000_000,
     )
     fields.update(over)
-    code, log = net.submit(KEYS[0], create_job_msg(**fields))
+    return fields
+
+
+def make_job(net: Net, **over: object) -> int:
+    code, log = net.submit(KEYS[0], create_job_msg(**job_fields(net, **over)))
     assert code == 0, log
     net.step()
     return FlModule.jobs(net.state())[-1].id
@@ -218,24 +221,14 @@ def test_tampered_aggregate_is_refused_and_the_next_proposer_commits_the_right_o
     _run_to_closing(net, job_id, KEYS[1:5])
     net.step()
 
-    def tamper(msgs: list[AnyMsg]) -> list[AnyMsg]:
-        from cifer.app.contracts.fl import Aggregate
-        from cifer.base.encoding import decode
-
-        out = []
-        for m in msgs:
-            agg = decode(m.value, Aggregate)
-            out.append(AnyMsg(m.type, encode(msgspec.structs.replace(agg, model=b"\x42" * 32))))
-        return out
-
-    net.apps[1].tamper_system = tamper
+    net.apps[1].tamper_system = tamper_aggregates
     reasons = net.step(proposer=1, accept=False)
     assert all(
         "differs from this validator's recomputation" in r for r in reasons[0:1] + reasons[2:]
     )
     net.step(proposer=2)  # the next round's proposer is honest
     job = FlModule.job(net.state(), job_id)
-    assert job.status == JobStatus.DONE and job.model != b"\x42" * 32
+    assert job.status == JobStatus.DONE and job.model != bytes(32)
     assert net.stores[0].has(job.model)
 
 
@@ -314,24 +307,8 @@ def test_bad_inputs_are_rejected_with_a_reason_and_the_job_goes_on() -> None:
 def test_bad_jobs_are_refused(over: dict[str, object], needle: str) -> None:
     net = Net()
     before = net.app.info().last_app_hash
-    init = net.upload(to_bytes(params_of(np.zeros(D, np.float32))))
-    fields: dict[str, object] = dict(
-        name="t",
-        model="logreg",
-        input_shape=[6],
-        num_classes=3,
-        initial_model=init,
-        rule="fedavg",
-        rule_params={},
-        byzantine=0,
-        privacy="plain",
-        rounds=1,
-        min_clients=1,
-        max_clients=4,
-        round_blocks=5,
-        reward=1_000,
-    )
-    fields.update(over)
+    base = {"rule": "fedavg", "rule_params": {}, "rounds": 1, "min_clients": 1, "reward": 1_000}
+    fields = job_fields(net, **{**base, **over})
     code, log = net.submit(KEYS[0], create_job_msg(**fields))
     assert code != 0 and needle in log, log
     assert net.app.info().last_app_hash == before

@@ -282,9 +282,7 @@ class CiferApp:
             reason = self._check_block_target(block)
             if reason:
                 raise ValueError(f"finalize_block: {reason}")
-            exe = self._proposals.pop(_block_key(block), None) or self._execute(
-                block, verify=False
-            )
+            exe = self._proposals.pop(_block_key(block), None) or self._execute(block, verify=False)
             self._pending = exe
             return FinalizeResult(
                 exe.tx_results, exe.validator_updates, exe.app_hash, list(exe.events)
@@ -304,6 +302,11 @@ class CiferApp:
     @property
     def height(self) -> int:
         return self.store.height
+
+    def view(self) -> tuple[StateOverlay, int]:
+        """A read-only overlay of committed state and its height (for queries)."""
+        with self._lock:
+            return StateOverlay(self.store), self.store.height
 
     def balance(self, address: bytes | str) -> int:
         """Committed balance in ucif."""

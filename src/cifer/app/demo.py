@@ -153,12 +153,11 @@ class Colluders:
 
 
 def _png(result: DemoResult) -> bytes | None:
-    try:
-        import matplotlib
+    from cifer.compute.fl.plotting import PlottingUnavailable, pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    try:
+        plt = pyplot()
+    except PlottingUnavailable:
         return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     xs = [0] + [r.round + 1 for r in result.rows]

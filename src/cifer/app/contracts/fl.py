@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Final, Protocol
 import msgspec
 
 from cifer.app.contracts.bank import TOTAL_SUPPLY, BankModule
+from cifer.app.contracts.reputation import RepEvent, ReputationModule
 from cifer.app.module import (
     Code,
     Context,
@@ -54,6 +55,7 @@ from cifer.app.module import (
     pack,
 )
 from cifer.app.state import StateOverlay
+from cifer.base import encoding
 from cifer.base.chain.types import AnyMsg
 from cifer.base.crypto.keys import ADDRESS_LEN, to_bech32
 from cifer.base.encoding import Canonical
@@ -242,9 +244,7 @@ def capped_samples(samples: list[int]) -> list[int]:
     return [min(s, cap) for s in samples]
 
 
-def _reputation(ctx: Context) -> Any:
-    from cifer.app.contracts.reputation import ReputationModule
-
+def _reputation(ctx: Context) -> ReputationModule | None:
     try:
         return ctx.modules.get(ReputationModule)
     except KeyError:
@@ -406,11 +406,20 @@ class FlModule(Module):
 
     # ------------------------------------------------------------ rounds
 
+    @classmethod
+    def active_jobs(cls, state: StateOverlay) -> list[Job]:
+        """Jobs not yet done, through their index (so blocks never scan finished jobs)."""
+        out = []
+        for key, _ in state.iter_prefix(_ACTIVE):
+            job = cls.job(state, int.from_bytes(key[len(_ACTIVE) :], "big"))
+            if job is None:
+                raise InvariantViolation(f"fl: active index names a missing job {key!r}")
+            out.append(job)
+        return out
+
     def end_block(self, ctx: Context) -> list[Any]:
         state = ctx.state
-        for key, _ in list(state.iter_prefix(_ACTIVE)):
-            job = self.job(state, int.from_bytes(key[len(_ACTIVE) :], "big"))
-            assert job is not None
+        for job in self.active_jobs(state):
             if job.status == JobStatus.OPEN and job.members >= job.spec.min_clients:
                 self._put(
                     state,
@@ -440,8 +449,6 @@ class FlModule(Module):
         stragglers = self.members(ctx.state, job.id)
         rep = _reputation(ctx)
         if rep is not None:
-            from cifer.app.contracts.reputation import RepEvent
-
             for a in stragglers:
                 rep.record(ctx, a, RepEvent.CLIENT_STRAGGLER, job_id=job.id, round=job.round)
         record = RoundRecord(job.round, job.model, [], [], [], stragglers, [], b"", 0, ctx.height)
@@ -500,16 +507,8 @@ class FlModule(Module):
 
     # ------------------------------------------------------------ proof of aggregation
 
-    def closing_jobs(self, state: StateOverlay) -> list[Job]:
-        out = []
-        for key, _ in state.iter_prefix(_ACTIVE):
-            job = self.job(state, int.from_bytes(key[len(_ACTIVE) :], "big"))
-            if job is not None and job.status == JobStatus.CLOSING:
-                out.append(job)
-        return out
-
     def propose_system(self, ctx: Context) -> list[Canonical]:
-        jobs = self.closing_jobs(ctx.state)
+        jobs = [j for j in self.active_jobs(ctx.state) if j.status == JobStatus.CLOSING]
         if not jobs:
             return []
         if self.engine is None:
@@ -581,8 +580,6 @@ class FlModule(Module):
         job = msgspec.structs.replace(job, escrow_left=job.escrow_left - spent)
         # reputation
         if rep is not None:
-            from cifer.app.contracts.reputation import RepEvent
-
             for (a, _), ok, agree in zip(ups, msg.accepted, msg.agreement_ppm, strict=True):
                 if ok:
                     target = 1_000_000 if agree >= 0 else 500_000
@@ -644,8 +641,6 @@ class FlModule(Module):
 
 
 def _decode(raw: bytes, typ: type[Any]) -> Any:
-    from cifer.base import encoding
-
     return encoding.decode(raw, typ)
 
 
@@ -721,8 +716,7 @@ def _check_rule_runs(msg: CreateJob) -> None:
         aggregate(onchain_rule(msg.rule), rows, np.ones(n), ctx, allow_plugins=False)
     except (AggregationError, ValueError, TypeError) as exc:
         raise MsgError(
-            f"CreateJob: rule {msg.rule!r} cannot run on {n} clients with these "
-            f"parameters: {exc}",
+            f"CreateJob: rule {msg.rule!r} cannot run on {n} clients with these parameters: {exc}",
             Code.INVALID_MSG,
         ) from None
 

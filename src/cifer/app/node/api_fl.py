@@ -76,10 +76,7 @@ def round_json(rec: RoundRecord) -> dict[str, Any]:
 
 def add_fl_routes(api: FastAPI, node: Node) -> None:
     app = node.app
-
-    def view() -> tuple[StateOverlay, int]:
-        with app._lock:  # a consistent snapshot between two commits
-            return StateOverlay(app.store), app.store.height
+    view = app.view
 
     def get_job(state: StateOverlay, job_id: int) -> Job:
         job = FlModule.job(state, job_id)

@@ -73,9 +73,7 @@ class Node:
         cfg = self.config
         self.blobs = BlobStore(data / "blobs", cfg.blob_max_bytes)
         self.blob_fetcher = BlobFetcher(self.blobs, cfg.blob_peers, cfg.blob_fetch_timeout_s)
-        engine = BlobEngine(
-            self.blobs, self.blob_fetcher, fetch_timeout_s=cfg.blob_fetch_timeout_s
-        )
+        engine = BlobEngine(self.blobs, self.blob_fetcher, fetch_timeout_s=cfg.blob_fetch_timeout_s)
         self.app = CiferApp(StateStore(data / "state.db"), default_modules(engine))
         self.blocks = BlockStore(data / "blocks.db")
         self.executor = BlockExecutor(
@@ -262,26 +260,27 @@ class Node:
                 q.put_nowait(ev)
 
     def _sync_models(self) -> None:
-        """Fetch, in the background, current job models this node does not hold.
+        """Fetch, in the background, job models this node does not hold.
 
         A node that applied aggregates from block sync or replay (which never recompute
         them) would otherwise lack the blobs it must serve to clients and verify against.
+        The scan runs in a worker thread too, so it costs the consensus loop nothing.
         """
-        from cifer.app.contracts.fl import FlModule
-        from cifer.app.state import StateOverlay
-
         if self._model_sync is not None and not self._model_sync.done():
             return
-        state = StateOverlay(self.app.store)
-        missing = [
-            h for job in FlModule.jobs(state) for h in (job.model,) if not self.blobs.has(h)
-        ]
-        if not missing or not self.blob_fetcher.peers:
+        if not self.blob_fetcher.peers:
             return
         with contextlib.suppress(RuntimeError):  # no running loop (tests driving by hand)
             self._model_sync = asyncio.get_running_loop().run_in_executor(
-                None, self.blob_fetcher.fetch_missing, missing
+                None, self._fetch_missing_models
             )
+
+    def _fetch_missing_models(self) -> list[bytes]:
+        from cifer.app.contracts.fl import FlModule
+
+        state, _ = self.app.view()
+        missing = [job.model for job in FlModule.jobs(state) if not self.blobs.has(job.model)]
+        return self.blob_fetcher.fetch_missing(missing) if missing else []
 
     def resume(self) -> None:
         """Start consensus at the next height, then replay this height's WAL.

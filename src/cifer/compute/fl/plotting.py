@@ -76,7 +76,8 @@ def write_json(result: SimulationResult, out_dir: str | Path) -> tuple[Path, Pat
     return metrics, timing
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend; PlottingUnavailable without matplotlib."""
     try:
         # importlib: matplotlib is optional, so type checkers must not require it
         matplotlib = importlib.import_module("matplotlib")
@@ -89,7 +90,7 @@ def _pyplot() -> Any:
 def matplotlib_available() -> bool:
     """Whether the accuracy plot can be drawn."""
     try:
-        _pyplot()
+        pyplot()
     except PlottingUnavailable:
         return False
     return True
@@ -118,7 +119,7 @@ def plot_accuracy(
         raise ValueError("plot_accuracy: no results")
     if labels is not None and len(labels) != len(runs):
         raise ValueError("plot_accuracy: one label per result")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     try:
         for k, res in enumerate(runs):
