@@ -35,7 +35,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cifer.app.contracts.bank import TOTAL_SUPPLY, AccountInfo, BankModule
+from cifer.app.contracts.consent import ConsentModule
 from cifer.app.contracts.fl import FlEngine, FlModule
+from cifer.app.contracts.licensing import LicensingModule
+from cifer.app.contracts.market import MarketModule
+from cifer.app.contracts.registry import RegistryModule
 from cifer.app.contracts.reputation import ReputationModule
 from cifer.app.contracts.validators import ValidatorInfo, ValidatorsModule
 from cifer.app.module import (
@@ -93,7 +97,16 @@ def default_modules(fl_engine: FlEngine | None = None) -> list[Module]:
     ``fl_engine`` gives the fl contract access to blobs (a node passes its blob store);
     without one the node can follow the chain but cannot check updates or aggregates.
     """
-    return [BankModule(), ValidatorsModule(), ReputationModule(), FlModule(fl_engine)]
+    return [
+        BankModule(),
+        ValidatorsModule(),
+        ReputationModule(),
+        RegistryModule(),
+        ConsentModule(),
+        LicensingModule(),
+        MarketModule(),
+        FlModule(fl_engine),
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,11 +38,20 @@ Decisions
 from __future__ import annotations
 
 import hashlib
-from typing import Any, ClassVar, Final, Protocol
+from typing import Any, ClassVar, Final, Protocol, TypeVar
 
 import msgspec
 
 from cifer.app.contracts.bank import TOTAL_SUPPLY, BankModule
+from cifer.app.contracts.consent import ConsentModule
+from cifer.app.contracts.licensing import LicensingModule
+from cifer.app.contracts.registry import (
+    BPS,
+    AssetMeta,
+    EdgeKind,
+    RegistryModule,
+    check_purpose,
+)
 from cifer.app.contracts.reputation import RepEvent, ReputationModule
 from cifer.app.module import (
     Code,
@@ -60,6 +69,8 @@ from cifer.base.chain.types import AnyMsg
 from cifer.base.crypto.keys import ADDRESS_LEN, to_bech32
 from cifer.base.encoding import Canonical
 
+M = TypeVar("M", bound=Module)
+
 ESCROW: Final = module_address("fl")
 PRIVACY_MODES: Final = ("plain",)
 MAX_ROUNDS: Final = 10_000
@@ -68,6 +79,7 @@ MAX_SAMPLES: Final = 10**9
 MAX_PARAM_ENTRIES: Final = 32
 MAX_TEXT: Final = 256
 MAX_ALLOW_LIST: Final = 1_000
+MAX_JOB_ASSETS: Final = 64
 
 _JOB: Final = b"fl/job/"
 _NEXT: Final = b"fl/next_job"
@@ -104,11 +116,18 @@ class CreateJob(Canonical, frozen=True):
         default_factory=dict
     )  # local training hints for clients (epochs, lr, batch)
     proposer_fee_bps: int = 500
+    #: Registered assets (datasets, works) the job trains on. The creator must own each,
+    #: hold one of ``licences`` for it that allows ``purpose``, or have consent; every
+    #: joining client must declare one of them and hold consent for it.
+    assets: list[bytes] = msgspec.field(default_factory=list)
+    licences: list[int] = msgspec.field(default_factory=list)
 
 
 class JoinJob(Canonical, frozen=True):
     job_id: int
-    dataset: bytes = b""  # SHA-256 of the dataset the client declares (may be empty)
+    #: The dataset the client trains on: a registered asset id (or its content hash), or
+    #: the SHA-256 of a private dataset. Empty if undeclared (only in jobs without assets).
+    dataset: bytes = b""
 
 
 class SubmitUpdate(Canonical, frozen=True):
@@ -244,6 +263,13 @@ def capped_samples(samples: list[int]) -> list[int]:
     return [min(s, cap) for s in samples]
 
 
+def _optional(ctx: Context, typ: type[M]) -> M | None:
+    try:
+        return ctx.modules.get(typ)
+    except KeyError:
+        return None
+
+
 def _reputation(ctx: Context) -> ReputationModule | None:
     try:
         return ctx.modules.get(ReputationModule)
@@ -341,6 +367,7 @@ class FlModule(Module):
     def _create(self, ctx: Context, msg: CreateJob, sender: bytes) -> None:
         state = ctx.state
         job_id = state.get_int(_NEXT, 1)
+        self._use_assets(ctx, msg, job_id, sender)
         BankModule.transfer(ctx, sender, ESCROW, msg.reward, what="job reward escrow")
         state.set_int(_NEXT, job_id + 1)
         state.set_int(_ESCROW_TOTAL, state.get_int(_ESCROW_TOTAL) + msg.reward)
@@ -360,6 +387,79 @@ class FlModule(Module):
         state.set(_ACTIVE + job_id.to_bytes(8, "big"), b"\x01")
         ctx.emit("fl_job_created", job_id=job_id, creator=sender, reward=msg.reward, rule=msg.rule)
 
+    def _use_assets(self, ctx: Context, msg: CreateJob, job_id: int, creator: bytes) -> None:
+        """Check the creator may use each declared asset for the job's purpose; record the
+        use (and pay its royalty) on each licence that grants it."""
+        if not msg.assets:
+            return
+        state = ctx.state
+        licensing = _optional(ctx, LicensingModule)
+        licences = {}
+        for lid in msg.licences:
+            lic = LicensingModule.licence(state, lid) if licensing else None
+            if lic is None:
+                raise MsgError(f"unknown licence {lid}", Code.NOT_FOUND)
+            if lic.asset_id not in msg.assets:
+                raise MsgError(
+                    f"licence {lid} is for asset {lic.asset_id.hex()}, which the job does not "
+                    "declare"
+                )
+            licences[lic.asset_id] = lic
+        for asset_id in msg.assets:
+            asset = RegistryModule.require(state, asset_id)
+            lic = licences.get(asset_id)
+            if lic is not None:
+                assert licensing is not None
+                licensing.record_usage(ctx, lic.id, msg.purpose, f"fl/job/{job_id}", creator)
+                continue
+            if asset.owner == creator:
+                continue
+            if ConsentModule.find(state, asset_id, msg.purpose, creator, job_id, ctx.height):
+                continue
+            raise MsgError(
+                f"cannot create a job for purpose {msg.purpose!r} over asset {asset_id.hex()}: "
+                f"{to_bech32(creator)} neither owns it nor lists a licence for it, and "
+                + ConsentModule.explain_missing(
+                    state, asset_id, msg.purpose, creator, job_id, ctx.height
+                ),
+                Code.UNAUTHORIZED,
+            )
+
+    def _dataset_asset(self, ctx: Context, job: Job, dataset: bytes) -> bytes | None:
+        """The registered asset a declared dataset is (by id or content hash), if any."""
+        if not dataset:
+            return None
+        state = ctx.state
+        if RegistryModule.asset(state, dataset) is not None:
+            return dataset
+        return RegistryModule.by_content(state, dataset)
+
+    def _check_consent(self, ctx: Context, job: Job, dataset: bytes, client: bytes) -> None:
+        asset_id = self._dataset_asset(ctx, job, dataset)
+        if job.spec.assets and (asset_id is None or asset_id not in job.spec.assets):
+            what = "no dataset" if not dataset else f"dataset {dataset.hex()}"
+            raise MsgError(
+                f"cannot join job {job.id}: it trains on {len(job.spec.assets)} declared "
+                f"asset(s) and the client declares {what}, which is not one of them",
+                Code.UNAUTHORIZED,
+            )
+        if asset_id is None:
+            return  # a private dataset: the client is its own data owner
+        state = ctx.state
+        asset = RegistryModule.require(state, asset_id)
+        if asset.owner == client:
+            return
+        purpose = job.spec.purpose
+        if ConsentModule.find(state, asset_id, purpose, client, job.id, ctx.height) is None:
+            raise MsgError(
+                f"cannot join job {job.id} with asset {asset_id.hex()} for purpose "
+                f"{purpose!r}: "
+                + ConsentModule.explain_missing(
+                    state, asset_id, purpose, client, job.id, ctx.height
+                ),
+                Code.UNAUTHORIZED,
+            )
+
     def _join(self, ctx: Context, msg: JoinJob, sender: bytes) -> None:
         state = ctx.state
         job = self._require_job(state, msg.job_id)
@@ -378,6 +478,7 @@ class FlModule(Module):
             reason = rep.can_join(state, sender, job.spec.min_reputation_ppm)
             if reason:
                 raise MsgError(f"cannot join job {job.id}: {reason}", Code.UNAUTHORIZED)
+        self._check_consent(ctx, job, msg.dataset, sender)
         state.set_obj(_MEMBER + job.id.to_bytes(8, "big") + sender, Member(ctx.height, msg.dataset))
         self._put(state, msgspec.structs.replace(job, members=job.members + 1))
         ctx.emit("fl_join", job_id=job.id, client=sender)
@@ -487,7 +588,7 @@ class FlModule(Module):
                 if ok
             }
         )
-        asset = asset_id_for(ctx.chain_id, job.id, job.model)
+        asset = self._register_model(ctx, job, rounds, contributors)
         prov = Provenance(
             asset_id=asset,
             job_id=job.id,
@@ -504,6 +605,64 @@ class FlModule(Module):
         )
         state.delete(_ACTIVE + job.id.to_bytes(8, "big"))
         ctx.emit("fl_job_done", job_id=job.id, model=job.model, asset=asset)
+
+    def _register_model(
+        self,
+        ctx: Context,
+        job: Job,
+        rounds: list[RoundRecord | None],
+        contributors: list[bytes],
+    ) -> bytes:
+        """Register the final model as an asset with its lineage; return its asset id.
+
+        trained-on edges go to the job's assets and to the registered datasets its accepted
+        clients declared; contributed-by edges to those clients, weighted (bps) by the
+        rewards they earned (by accepted rounds if the job paid nothing); derived-from to
+        the initial model if it is a registered asset.
+        """
+        registry = _optional(ctx, RegistryModule)
+        if registry is None:
+            return asset_id_for(ctx.chain_id, job.id, job.model)
+        state = ctx.state
+        initial = RegistryModule.by_content(state, job.spec.initial_model)
+        asset_id = registry.register_derived(
+            ctx,
+            kind="model",
+            content_hash=job.model,
+            meta=AssetMeta(
+                name=f"{job.spec.name[:100]} (fl job {job.id})", media_type="safetensors"
+            ),
+            owner=job.creator,
+            origin=f"fl/job/{job.id}",
+            parents=[initial] if initial is not None else [],
+        )
+        if asset_id is None:  # the model did not move, or is already an asset
+            existing = RegistryModule.by_content(state, job.model)
+            assert existing is not None
+            return existing
+        datasets = list(job.spec.assets)
+        for c in contributors:
+            m = self.member(state, job.id, c)
+            d = self._dataset_asset(ctx, job, m.dataset) if m is not None else None
+            if d is not None and d not in datasets:
+                datasets.append(d)
+        for d in datasets:
+            RegistryModule.add_edge(ctx, EdgeKind.TRAINED_ON, asset_id, d)
+        earned = dict.fromkeys(contributors, 0)
+        accepted = dict.fromkeys(contributors, 0)
+        for rec in rounds:
+            if rec is None:
+                continue
+            for c, ok, paid in zip(rec.clients, rec.accepted, rec.paid, strict=True):
+                if ok:
+                    earned[c] += paid
+                    accepted[c] += 1
+        weights = earned if sum(earned.values()) > 0 else accepted
+        total = sum(weights.values())
+        for c in contributors:
+            bps = weights[c] * BPS // total if total else 0
+            RegistryModule.add_edge(ctx, EdgeKind.CONTRIBUTED_BY, asset_id, c, bps)
+        return asset_id
 
     # ------------------------------------------------------------ proof of aggregation
 
@@ -688,8 +847,15 @@ def _validate_create(msg: CreateJob) -> None:
         raise bad("min_reputation_ppm must be in 0..1000000")
     if len(msg.allow_list) > MAX_ALLOW_LIST or any(len(a) != ADDRESS_LEN for a in msg.allow_list):
         raise bad(f"allow_list: at most {MAX_ALLOW_LIST} {ADDRESS_LEN}-byte addresses")
-    if not msg.purpose or len(msg.purpose) > MAX_TEXT:
-        raise bad("purpose must be 1..256 characters, e.g. 'train:classification'")
+    check_purpose(msg.purpose, "CreateJob: purpose")
+    if len(msg.assets) > MAX_JOB_ASSETS or len(set(msg.assets)) != len(msg.assets):
+        raise bad(f"assets: at most {MAX_JOB_ASSETS} distinct asset ids")
+    if any(len(a) != 32 for a in msg.assets):
+        raise bad("assets are 32-byte asset ids")
+    if len(msg.licences) > MAX_JOB_ASSETS or len(set(msg.licences)) != len(msg.licences):
+        raise bad(f"licences: at most {MAX_JOB_ASSETS} distinct licence ids")
+    if msg.licences and not msg.assets:
+        raise bad("licences are given for the job's assets, and the job declares none")
     if not 0 <= msg.proposer_fee_bps <= 10_000:
         raise bad("proposer_fee_bps must be in 0..10000")
     _check_rule_runs(msg)
