@@ -231,7 +231,16 @@ def build_app(node: Node) -> FastAPI:
             "height": height,
             "index": index,
             "tx": base64.b64encode(b.txs[index]).decode(),
-            "result": None if res is None else {"code": res.code, "log": res.log},
+            "result": None
+            if res is None
+            else {
+                "code": res.code,
+                "log": res.log,
+                "events": [
+                    {"type": e.type, "attrs": [{"key": a.key, "value": a.value} for a in e.attrs]}
+                    for e in res.events
+                ],
+            },
             "proof": {
                 "data_hash": _hex(b.header.data_hash),
                 "block_hash": _hex(b.hash()),
