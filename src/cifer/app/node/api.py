@@ -312,9 +312,11 @@ def build_app(node: Node) -> FastAPI:
 
     _add_blob_routes(api, node)
 
+    from cifer.app.node.api_assets import add_asset_routes
     from cifer.app.node.api_fl import add_fl_routes
 
     add_fl_routes(api, node)
+    add_asset_routes(api, node)
 
     if cfg.fault_injection:
 
