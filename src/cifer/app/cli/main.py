@@ -55,6 +55,12 @@ def _mount() -> None:
     app.command("demo")(demo_command)
     app.add_typer(tx_app, name="tx")
     app.add_typer(query_app, name="query")
+    from cifer.app.cli.assets import asset_app, consent_app, license_app, market_app
+
+    app.add_typer(asset_app, name="asset")
+    app.add_typer(consent_app, name="consent")
+    app.add_typer(license_app, name="license")
+    app.add_typer(market_app, name="market")
 
 
 _mount()

@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cifer.app.contracts.fl import create_job_msg, join_job_msg, submit_update_msg
+from cifer.app.sdk.assets import AssetOps, parse_asset_id
 from cifer.app.txbuilder import DEFAULT_FEE, make_tx
 from cifer.base.chain.types import AnyMsg
 from cifer.base.crypto.keys import CryptoError, PrivateKey, from_bech32
@@ -237,7 +238,7 @@ def _closed_text(text: str) -> bool:
     return "is closed" in text or "closed at height" in text or "not taking updates" in text
 
 
-class Client:
+class Client(AssetOps):
     """One account talking to one node. Thread-safe for its own txs (nonces come from the
     node's ``pending_nonce``, taken under a lock); use one Client per key."""
 
@@ -341,6 +342,11 @@ class Client:
         if self._chain_id is None:
             self._chain_id = str(self.status()["chain_id"])
         return self._chain_id
+
+    def genesis(self) -> dict[str, Any]:
+        """The node's genesis document (a light client should also have its own copy)."""
+        out: dict[str, Any] = self._get_json("/genesis", "genesis")
+        return out
 
     def account(self, address: str | None = None) -> dict[str, Any]:
         a = address or self.address
@@ -477,10 +483,14 @@ class Client:
         purpose: str = "train",
         train: Mapping[str, object] | None = None,
         privacy: str = "plain",
+        assets: Sequence[str | bytes] = (),
+        licences: Sequence[int] = (),
     ) -> int:
         """Upload the initial weights, send ``CreateJob`` (escrowing ``reward`` ucif) and
         return the new job's id once its block is final. ``max_clients`` defaults to
-        ``min_clients``; ``train`` holds hints for clients (epochs, lr, batch)."""
+        ``min_clients``; ``train`` holds hints for clients (epochs, lr, batch). ``assets``
+        are registered assets the job trains on, each owned by you, consented to you, or
+        covered by one of your ``licences`` (whose use is recorded, royalty paid)."""
         try:
             blob = to_bytes(initial_params)
         except ParamError as exc:
@@ -505,6 +515,8 @@ class Client:
             allow_list=[_addr(a) for a in allow_list],
             purpose=purpose,
             train={str(k): str(v) for k, v in (train or {}).items()},
+            assets=[parse_asset_id(a) for a in assets],
+            licences=[int(x) for x in licences],
         )
         tx = self._commit([msg], "CreateJob")
         job_id = _event_attr(tx, "fl_job_created", "job_id")
