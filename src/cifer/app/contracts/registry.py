@@ -614,6 +614,11 @@ class RegistryModule(Module):
             self.add_edge(ctx, EdgeKind.DERIVED_FROM, asset.id, p)
         if asset.previous:
             prev = self.require(state, asset.previous)
+            if prev.next_version:  # another version completed while this one was pending
+                raise MsgError(
+                    f"asset {_id_hex(prev.id)} already has a newer version "
+                    f"{_id_hex(prev.next_version)}"
+                )
             state.set_obj(_ASSET + prev.id, msgspec.structs.replace(prev, next_version=asset.id))
             self.note(ctx, prev.id, "superseded", actor, f"new version {_id_hex(asset.id)}")
         self.note(
