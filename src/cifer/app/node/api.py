@@ -314,8 +314,10 @@ def build_app(node: Node) -> FastAPI:
 
     from cifer.app.node.api_assets import add_asset_routes
     from cifer.app.node.api_fl import add_fl_routes
+    from cifer.app.node.api_proofs import add_proof_routes
 
     add_fl_routes(api, node)
+    add_proof_routes(api, node)
     add_asset_routes(api, node)
 
     if cfg.fault_injection:
