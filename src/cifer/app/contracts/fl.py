@@ -48,6 +48,7 @@ from cifer.app.contracts.licensing import LicensingModule
 from cifer.app.contracts.registry import (
     BPS,
     AssetMeta,
+    AssetStatus,
     EdgeKind,
     RegistryModule,
     check_purpose,
@@ -625,6 +626,9 @@ class FlModule(Module):
             return asset_id_for(ctx.chain_id, job.id, job.model)
         state = ctx.state
         initial = RegistryModule.by_content(state, job.spec.initial_model)
+        init_asset = None if initial is None else RegistryModule.asset(state, initial)
+        if init_asset is None or init_asset.status != AssetStatus.REGISTERED:
+            initial = None  # a pending registration is no parent yet: it may still expire
         asset_id = registry.register_derived(
             ctx,
             kind="model",
