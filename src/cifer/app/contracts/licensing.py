@@ -325,6 +325,8 @@ class LicensingModule(Module):
         o = self._require_offer(ctx.state, msg.offer_id)
         if o.seller != sender:
             raise MsgError(f"only the seller may withdraw offer {o.id}", Code.UNAUTHORIZED)
+        if o.withdrawn:
+            raise MsgError(f"offer {o.id} was already withdrawn at height {o.withdrawn}")
         ctx.state.set_obj(_key(_OFFER, o.id), msgspec.structs.replace(o, withdrawn=ctx.height))
         ctx.emit("licence_offer_withdrawn", offer_id=o.id)
 
