@@ -87,7 +87,7 @@ def test_artists_studio_job_royalties_consent_provenance_and_light_client(
         assets=[w1, w2, w3],
         licences=licences,
     )
-    with pytest.raises(ClientError, match="synthesize:likeness.*denied"):
+    with pytest.raises(ClientError, match=r"synthesize:likeness.*denied"):
         studio.create_job(purpose="synthesize:likeness", **job_fields)  # type: ignore[arg-type]
 
     # the train:style job runs; creating it records one use per licence (royalties)
