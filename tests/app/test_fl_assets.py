@@ -7,6 +7,7 @@ on every validator, real aggregation over blobs)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from cifer.app.contracts.bank import BankModule
 from cifer.app.contracts.consent import grant_consent_msg, revoke_consent_msg
@@ -97,7 +98,7 @@ def test_job_over_licensed_works_records_usage_pays_royalties_and_registers_the_
     init = job_fields(net)["initial_model"]
     assert isinstance(init, bytes)
     who = [AuthorShare(CREATOR.address, BPS)]
-    sig = sign_authorship(CREATOR, CHAIN_ID, init, "model", who)
+    sig = sign_authorship(CREATOR, CHAIN_ID, init, "model", who, owner=CREATOR.address)
     ok(
         net,
         CREATOR,
@@ -258,7 +259,11 @@ def _finish_without_updates(net: Net, **over: object) -> int:
     return job_id
 
 
-def test_a_model_that_did_not_move_keeps_its_existing_asset() -> None:
+@pytest.mark.parametrize("registrant", ["creator", "other"])
+def test_a_model_that_did_not_move_keeps_its_existing_asset(registrant: str) -> None:
+    """The creator's own asset is linked; another party's registration of the same bytes
+    is not (a client could register the aggregate before it is applied)."""
+    OWNER = CREATOR if registrant == "creator" else globals()["OWNER"]
     net = Net()
     init = job_fields(net)["initial_model"]
     assert isinstance(init, bytes)
@@ -268,7 +273,7 @@ def test_a_model_that_did_not_move_keeps_its_existing_asset() -> None:
         content_hash=init,
         meta=AssetMeta(name="init"),
         authors=who,
-        signatures=[sign_authorship(OWNER, CHAIN_ID, init, "model", who)],
+        signatures=[sign_authorship(OWNER, CHAIN_ID, init, "model", who, owner=OWNER.address)],
     )
     ok(net, OWNER, msg)
     init_id = asset_id_for(CHAIN_ID, init)
@@ -277,7 +282,8 @@ def test_a_model_that_did_not_move_keeps_its_existing_asset() -> None:
     job_id = _finish_without_updates(net)
     st = net.state()
     prov = FlModule.provenance(st, job_id)
-    assert prov is not None and prov.asset_id == init_id
+    assert prov is not None
+    assert prov.asset_id == (init_id if registrant == "creator" else b"")
     assert RegistryModule.asset(st, init_id) == before  # not re-registered to the creator
     assert RegistryModule.count(st) == count
 
@@ -294,7 +300,7 @@ def test_a_pending_initial_model_is_not_made_a_parent() -> None:
         content_hash=init,
         meta=AssetMeta(name="init"),
         authors=who,
-        signatures=[sign_authorship(OWNER, CHAIN_ID, init, "model", who)],
+        signatures=[sign_authorship(OWNER, CHAIN_ID, init, "model", who, owner=OWNER.address)],
         pending_blocks=30,
     )
     ok(net, OWNER, msg)

@@ -25,6 +25,7 @@ from cifer.app.contracts.registry import (
     AuthorSig,
     Edge,
     EdgeKind,
+    RegisterAsset,
     RegistryModule,
     asset_id_for,
     register_asset_msg,
@@ -38,7 +39,7 @@ from cifer.app.txbuilder import make_tx
 from cifer.base.chain.abci import Event, TxResult
 from cifer.base.chain.types import AnyMsg
 from cifer.base.crypto.keys import PrivateKey, to_bech32
-from cifer.base.encoding import encode
+from cifer.base.encoding import decode, encode
 
 from .helpers import CHAIN_ID, FEE, KEYS, Chain
 
@@ -99,6 +100,19 @@ def shares(*pairs: tuple[PrivateKey, int]) -> list[AuthorShare]:
     return [AuthorShare(k.address, bps) for k, bps in pairs]
 
 
+REGISTER_FIELDS = RegisterAsset.__struct_fields__
+
+
+def decode_register(msg: AnyMsg) -> RegisterAsset:
+    return decode(msg.value, RegisterAsset)
+
+
+def sign_as_a(key: PrivateKey, *args: object, **kw: object) -> AuthorSig:
+    """An authorship signature for a registration whose owner is A (most tests' registrant)."""
+    kw.setdefault("owner", A.address)
+    return sign_authorship(key, *args, **kw)  # type: ignore[arg-type]
+
+
 def register_msg(
     tag: str,
     authors: Sequence[tuple[PrivateKey, int]],
@@ -110,6 +124,7 @@ def register_msg(
     previous: bytes = b"",
     pending_blocks: int = 1_000,
     chain_id: str = CHAIN_ID,
+    owner: PrivateKey | None = None,
 ) -> AnyMsg:
     """RegisterAsset of ``content(tag)``, signed by ``signers`` (default: every author)."""
     h = content(tag)
@@ -120,7 +135,12 @@ def register_msg(
         content_hash=h,
         meta=meta if meta is not None else AssetMeta(name=tag),
         authors=who,
-        signatures=[sign_authorship(k, chain_id, h, kind, who) for k in keys],
+        signatures=[
+            sign_as_a(
+                k, chain_id, h, kind, who, owner=(owner or authors[0][0]).address, parents=parents
+            )
+            for k in keys
+        ],
         parents=list(parents),
         previous=previous,
         pending_blocks=pending_blocks,
@@ -135,7 +155,7 @@ def register(
     **kw: object,
 ) -> bytes:
     """Register ``content(tag)`` (authors default to the owner alone); -> its asset id."""
-    ledger.ok(owner, register_msg(tag, authors or [(owner, BPS)], **kw))  # type: ignore[arg-type]
+    ledger.ok(owner, register_msg(tag, authors or [(owner, BPS)], owner=owner, **kw))  # type: ignore[arg-type]
     return asset_id_for(CHAIN_ID, content(tag))
 
 
@@ -218,7 +238,7 @@ def test_co_authored_registration_is_pending_until_the_last_author_signs(
     bad = ledger.do(A, offer_licence_msg(aid, Terms(allowed=["train"])))
     assert bad.code != 0 and "is pending: 1 author signature(s) missing" in bad.log
     # the co-author's signature may be relayed by anyone
-    sig = sign_authorship(B, CHAIN_ID, content("song"), "content", shares(*authors))
+    sig = sign_as_a(B, CHAIN_ID, content("song"), "content", shares(*authors))
     res = ledger.ok(C, sign_authorship_msg(aid, sig))
     done_at = ledger.height
     st = ledger.state
@@ -245,7 +265,7 @@ def test_pending_registration_completes_at_its_last_height(ledger: Ledger) -> No
     expires = ledger.height + 2
     ledger.empty()
     assert ledger.height + 1 == expires
-    sig = sign_authorship(B, CHAIN_ID, content("edge"), "dataset", shares(*authors))
+    sig = sign_as_a(B, CHAIN_ID, content("edge"), "dataset", shares(*authors))
     ledger.ok(B, sign_authorship_msg(aid, sig))
     a = RegistryModule.asset(ledger.state, aid)
     assert a is not None and a.status == AssetStatus.REGISTERED
@@ -273,7 +293,7 @@ def test_pending_registration_expires_and_frees_the_content_hash(ledger: Ledger)
     assert RegistryModule.count(st) == 0
     assert [e.action for e in RegistryModule.history(st, aid)] == ["pending", "expired"]
     # the late signature finds nothing
-    sig = sign_authorship(B, CHAIN_ID, content("late"), "dataset", shares(*authors))
+    sig = sign_as_a(B, CHAIN_ID, content("late"), "dataset", shares(*authors))
     res = ledger.do(B, sign_authorship_msg(aid, sig))
     assert res.code == Code.NOT_FOUND and f"unknown asset {aid.hex()}" in res.log
     # and someone else may now register the content
@@ -306,7 +326,7 @@ def test_signature_by_a_non_author_is_refused_and_changes_nothing(ledger: Ledger
     ledger.ok(A, register_msg("x", authors, signers=[A]))
     aid = asset_id_for(CHAIN_ID, content("x"))
     before = frozen(ledger.app, C.address)
-    sig = sign_authorship(C, CHAIN_ID, content("x"), "dataset", shares(*authors))
+    sig = sign_as_a(C, CHAIN_ID, content("x"), "dataset", shares(*authors))
     res = ledger.do(C, sign_authorship_msg(aid, sig))
     assert res.code == Code.UNAUTHORIZED and to_bech32(C.address) in res.log
     assert "not an author" in res.log
@@ -319,19 +339,17 @@ def test_signature_by_a_non_author_is_refused_and_changes_nothing(ledger: Ledger
     "forge",
     [
         # signed over another split
-        lambda: sign_authorship(
-            B, CHAIN_ID, content("y"), "dataset", shares((A, 5_000), (B, 5_000))
-        ),
+        lambda: sign_as_a(B, CHAIN_ID, content("y"), "dataset", shares((A, 5_000), (B, 5_000))),
         # signed for another chain
-        lambda: sign_authorship(
+        lambda: sign_as_a(
             B, "other-chain", content("y"), "dataset", shares((A, 6_000), (B, 4_000))
         ),
         # signed for another kind
-        lambda: sign_authorship(B, CHAIN_ID, content("y"), "model", shares((A, 6_000), (B, 4_000))),
+        lambda: sign_as_a(B, CHAIN_ID, content("y"), "model", shares((A, 6_000), (B, 4_000))),
         # B's key, A's signature
         lambda: AuthorSig(
             B.public.raw,
-            sign_authorship(
+            sign_as_a(
                 A, CHAIN_ID, content("y"), "dataset", shares((A, 6_000), (B, 4_000))
             ).signature,
         ),
@@ -341,7 +359,7 @@ def test_signature_by_a_non_author_is_refused_and_changes_nothing(ledger: Ledger
 def test_bad_signature_is_refused(ledger: Ledger, forge: Callable[[], AuthorSig]) -> None:
     authors = [(A, 6_000), (B, 4_000)]
     sig = forge()
-    good = sign_authorship(A, CHAIN_ID, content("y"), "dataset", shares(*authors))
+    good = sign_as_a(A, CHAIN_ID, content("y"), "dataset", shares(*authors))
     msg = register_asset_msg(
         kind="dataset",
         content_hash=content("y"),
@@ -367,7 +385,7 @@ def test_second_signature_by_the_same_author_is_refused(ledger: Ledger) -> None:
     authors = [(A, 6_000), (B, 4_000)]
     ledger.ok(A, register_msg("twice", authors, signers=[A]))
     aid = asset_id_for(CHAIN_ID, content("twice"))
-    sig = sign_authorship(A, CHAIN_ID, content("twice"), "dataset", shares(*authors))
+    sig = sign_as_a(A, CHAIN_ID, content("twice"), "dataset", shares(*authors))
     res = ledger.do(A, sign_authorship_msg(aid, sig))
     assert res.code != 0 and f"{to_bech32(A.address)} has already signed" in res.log
     res = ledger.do(A, register_msg("twice2", authors, signers=[A, A]))
@@ -454,7 +472,7 @@ def _too_big_meta() -> AssetMeta:
         (
             lambda: sign_authorship_msg(
                 content("nope"),
-                sign_authorship(A, CHAIN_ID, content("nope"), "dataset", shares((A, BPS))),
+                sign_as_a(A, CHAIN_ID, content("nope"), "dataset", shares((A, BPS))),
             ),
             Code.NOT_FOUND,
             f"unknown asset {content('nope').hex()}",
@@ -557,7 +575,7 @@ def test_pending_version_cannot_fork_the_chain_when_it_completes(ledger: Ledger)
     ledger.ok(A, register_msg("v2-pending", authors, signers=[A], previous=v1))
     pending = asset_id_for(CHAIN_ID, content("v2-pending"))
     v2 = register(ledger, A, "v2", previous=v1)  # completes first
-    sig = sign_authorship(B, CHAIN_ID, content("v2-pending"), "dataset", shares(*authors))
+    sig = sign_as_a(B, CHAIN_ID, content("v2-pending"), "dataset", shares(*authors))
     res = ledger.do(B, sign_authorship_msg(pending, sig))
     assert res.code != 0 and f"already has a newer version {v2.hex()}" in res.log
     a1 = RegistryModule.asset(ledger.state, v1)
@@ -608,3 +626,30 @@ def test_ancestors_descendants_and_contributors_over_a_small_dag(ledger: Ledger)
     assert RegistryModule.contributors(st, content("none")) == ([], [])
     rec = RegistryModule.record(st, o)
     assert rec is not None and rec.parents == [m, d2]
+
+
+def test_a_registration_copied_by_another_sender_cannot_steal_ownership(ledger: Ledger) -> None:
+    """The statement names the owner: C replaying A's signed registration gets nothing."""
+    msg = register_msg("stolen", [(A, 6_000), (B, 4_000)], owner=A)
+    before = module_state(ledger.app)
+    res = ledger.do(C, msg)
+    assert res.code == Code.BAD_SIGNATURE and "owner" in res.log
+    assert module_state(ledger.app) == before
+    ledger.ok(A, msg)  # the rightful owner's tx still goes through
+    a = RegistryModule.asset(ledger.state, asset_id_for(CHAIN_ID, content("stolen")))
+    assert a is not None and a.owner == A.address
+
+
+def test_co_authors_sign_the_parents(ledger: Ledger) -> None:
+    """Parents take derivative royalties, so adding one the co-author did not sign fails."""
+    parent = register(ledger, D, "parent")
+    signed_without = register_msg("child", [(A, 5_000), (B, 5_000)])
+    tampered = register_asset_msg(
+        **{
+            **{f: getattr(decode_register(signed_without), f) for f in REGISTER_FIELDS},
+            "parents": [parent],
+        }
+    )
+    res = ledger.do(A, tampered)
+    assert res.code == Code.BAD_SIGNATURE
+    ledger.ok(A, register_msg("child", [(A, 5_000), (B, 5_000)], parents=[parent]))

@@ -86,10 +86,6 @@ def _txs(chain_id: str, n: int, depth: int, seed: int) -> tuple[list[bytes], lis
             if i % 10 == 3
             else [AuthorShare(key.address, 10_000)]
         )
-        sigs = [
-            sign_authorship(k, chain_id, digest, "content", authors)
-            for k in ([key, co] if len(authors) == 2 else [key])
-        ]
         parents: list[bytes] = []
         if i % depth:
             parents.append(ids[i - 1])
@@ -97,6 +93,12 @@ def _txs(chain_id: str, n: int, depth: int, seed: int) -> tuple[list[bytes], lis
             extra = ids[int(rng.integers(0, i - 1))]
             if extra not in parents:
                 parents.append(extra)
+        sigs = [
+            sign_authorship(
+                k, chain_id, digest, "content", authors, owner=key.address, parents=parents
+            )
+            for k in ([key, co] if len(authors) == 2 else [key])
+        ]
         msg = register_asset_msg(
             kind="content",
             content_hash=digest,

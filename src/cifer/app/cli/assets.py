@@ -336,7 +336,9 @@ def check_record_content(key: bytes, value: bytes | None, chain_id: str) -> list
         if r.origin:
             out.append(f"made by the chain itself ({r.origin}); owner {to_bech32(r.owner)}")
             return out
-        stmt = statement_bytes(chain_id, r.content_hash, r.kind, r.authors)
+        stmt = statement_bytes(
+            chain_id, r.content_hash, r.kind, r.authors, owner=r.owner, parents=r.parents
+        )
         signers = {address_bytes(s.pubkey): s for s in r.signatures}
         for a in r.authors:
             sig = signers.get(a.address)
@@ -344,7 +346,7 @@ def check_record_content(key: bytes, value: bytes | None, chain_id: str) -> list
                 raise VerificationError(f"author {to_bech32(a.address)} has no valid signature")
             out.append(
                 f"author {to_bech32(a.address)} ({a.share_bps / 100:g}%) signed the content "
-                "hash and the shares"
+                "hash, the shares, the owner and the parents"
             )
         return out
     try:

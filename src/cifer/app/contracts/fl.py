@@ -208,7 +208,7 @@ class RoundRecord(Canonical, frozen=True):
 class Provenance(Canonical, frozen=True):
     """Minimal asset record of a job's final model (the registry extends it)."""
 
-    asset_id: bytes
+    asset_id: bytes  # empty if another party had already registered the same bytes
     job_id: int
     model: bytes
     initial_model: bytes
@@ -643,7 +643,13 @@ class FlModule(Module):
         if asset_id is None:  # the model did not move, or is already an asset
             existing = RegistryModule.by_content(state, job.model)
             assert existing is not None
-            return existing
+            found = RegistryModule.asset(state, existing)
+            if found is not None and found.owner == job.creator:
+                return existing  # the creator's own asset (e.g. an unmoved initial model)
+            # someone else registered these bytes first (a client can compute the final
+            # aggregate before it is applied): do not link the job to their asset
+            ctx.emit("fl_model_not_registered", job_id=job.id, model=job.model, asset=existing)
+            return b""
         datasets = list(job.spec.assets)
         for c in contributors:
             m = self.member(state, job.id, c)

@@ -8,9 +8,14 @@ Decisions
 ---------
 * **Asset id** = SHA-256(``cifer/asset/v1`` || chain id || content hash): one asset per
   content on a chain, so a duplicate registration is refused with the id of the first.
-* **What authors sign** is an :class:`AuthorshipStatement`: chain id, content hash, kind
-  and the full author/share list, so a co-author agrees to the split, not only to the
-  content, and a signature cannot be replayed on another chain or another split.
+* **What authors sign** is an :class:`AuthorshipStatement`: chain id, content hash, kind,
+  the full author/share list, the owner (the registering signer) and the parents. So a
+  co-author agrees to the split and to the lineage (parents take derivative royalties),
+  not only to the content; a signature cannot be replayed on another chain or split; and
+  a registration copied from the mempool by someone else fails instead of making the
+  copier the owner. Registration proves the authors' signatures, not possession: anyone
+  can register a hash they saw, which is why a dataset's owner should register it before
+  publishing its hash.
 * **Pending registrations.** If a co-author's signature is missing, the asset is PENDING:
   it reserves its content hash, and ``SignAuthorship`` adds the missing signatures. When the
   last one arrives it becomes REGISTERED (and only then provable, licensable and usable as a
@@ -35,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, ClassVar, Final
 
 import msgspec
@@ -128,6 +134,8 @@ class AuthorshipStatement(Canonical, frozen=True):
     content_hash: bytes
     kind: str
     authors: list[AuthorShare]
+    owner: bytes  # who registers it: a copied tx cannot hand the asset to someone else
+    parents: list[bytes]  # co-authors agree to the lineage (parents take derivative cuts)
 
 
 class RegisterAsset(Canonical, frozen=True):
@@ -211,20 +219,32 @@ def asset_id_for(chain_id: str, content_hash: bytes) -> bytes:
 
 
 def statement_bytes(
-    chain_id: str, content_hash: bytes, kind: str, authors: list[AuthorShare]
+    chain_id: str,
+    content_hash: bytes,
+    kind: str,
+    authors: list[AuthorShare],
+    *,
+    owner: bytes,
+    parents: Sequence[bytes] = (),
 ) -> bytes:
     return STATEMENT_TAG + encoding.encode(
-        AuthorshipStatement(chain_id, content_hash, kind, list(authors))
+        AuthorshipStatement(chain_id, content_hash, kind, list(authors), owner, list(parents))
     )
 
 
 def sign_authorship(
-    key: PrivateKey, chain_id: str, content_hash: bytes, kind: str, authors: list[AuthorShare]
+    key: PrivateKey,
+    chain_id: str,
+    content_hash: bytes,
+    kind: str,
+    authors: list[AuthorShare],
+    *,
+    owner: bytes,
+    parents: Sequence[bytes] = (),
 ) -> AuthorSig:
-    """An author's signature for a registration (what ``cifer asset sign`` produces)."""
-    return AuthorSig(
-        key.public.raw, key.sign(statement_bytes(chain_id, content_hash, kind, authors))
-    )
+    """An author's signature for a registration by ``owner`` (``cifer asset sign``)."""
+    stmt = statement_bytes(chain_id, content_hash, kind, authors, owner=owner, parents=parents)
+    return AuthorSig(key.public.raw, key.sign(stmt))
 
 
 def check_purpose(text: str, what: str = "purpose") -> None:
@@ -544,7 +564,14 @@ class RegistryModule(Module):
                     f"{_id_hex(prev.next_version)}"
                 )
         asset_id = asset_id_for(ctx.chain_id, msg.content_hash)
-        stmt = statement_bytes(ctx.chain_id, msg.content_hash, msg.kind, msg.authors)
+        stmt = statement_bytes(
+            ctx.chain_id,
+            msg.content_hash,
+            msg.kind,
+            msg.authors,
+            owner=sender,
+            parents=msg.parents,
+        )
         sigs = {address_bytes(s.pubkey): s for s in msg.signatures}
         for i, s in enumerate(msg.signatures):
             _check_sig(s, stmt, {a.address for a in msg.authors}, f"signature {i}")
@@ -637,7 +664,14 @@ class RegistryModule(Module):
             raise MsgError(f"unknown asset {_id_hex(msg.asset_id)}", Code.NOT_FOUND)
         if asset.status != AssetStatus.PENDING:
             raise MsgError(f"asset {_id_hex(asset.id)} is already registered")
-        stmt = statement_bytes(ctx.chain_id, asset.content_hash, asset.kind, asset.authors)
+        stmt = statement_bytes(
+            ctx.chain_id,
+            asset.content_hash,
+            asset.kind,
+            asset.authors,
+            owner=asset.owner,
+            parents=asset.parents,
+        )
         _check_sig(msg.signature, stmt, {a.address for a in asset.authors}, "signature")
         author = address_bytes(msg.signature.pubkey)
         sigs = {address_bytes(s.pubkey): s for s in asset.signatures}
@@ -710,7 +744,7 @@ def _check_sig(s: AuthorSig, stmt: bytes, authors: set[bytes], what: str) -> Non
     if not verify(s.pubkey, stmt, s.signature):
         raise MsgError(
             f"{what} by {to_bech32(author)} does not verify over the authorship statement "
-            "(chain id, content hash, kind, authors and shares)",
+            "(chain id, content hash, kind, authors and shares, owner, parents)",
             Code.BAD_SIGNATURE,
         )
 

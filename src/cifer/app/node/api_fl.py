@@ -114,7 +114,7 @@ def add_fl_routes(api: FastAPI, node: Node) -> None:
         if prov is None:
             raise HTTPException(404, f"job {job_id} has not finished")
         return {
-            "asset_id": prov.asset_id.hex(),
+            "asset_id": prov.asset_id.hex() or None,
             "job_id": prov.job_id,
             "model": prov.model.hex(),
             "initial_model": prov.initial_model.hex(),

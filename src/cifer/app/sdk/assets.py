@@ -103,11 +103,22 @@ class AssetOps:
         content_hash: bytes,
         kind: str,
         authors: Sequence[tuple[str | bytes, int]],
+        *,
+        owner: str | bytes,
+        parents: Sequence[str | bytes] = (),
     ) -> AuthorSig:
         """This key's signature over a registration's authorship statement, for a
-        co-author who signs off-line and hands it to the registrant."""
+        co-author who signs off-line and hands it to the registrant (``owner``)."""
         shares = [AuthorShare(_address(a), int(bps)) for a, bps in authors]
-        return sign_authorship(self.key, self.chain_id, content_hash, kind, shares)
+        return sign_authorship(
+            self.key,
+            self.chain_id,
+            content_hash,
+            kind,
+            shares,
+            owner=_address(owner),
+            parents=[parse_asset_id(p) for p in parents],
+        )
 
     def register_asset(
         self,
@@ -140,7 +151,17 @@ class AssetOps:
         if any(s.address == self.key.address for s in shares) and not any(
             sig.pubkey == self.key.public.raw for sig in sigs
         ):
-            sigs.append(sign_authorship(self.key, self.chain_id, digest, kind, shares))
+            sigs.append(
+                sign_authorship(
+                    self.key,
+                    self.chain_id,
+                    digest,
+                    kind,
+                    shares,
+                    owner=self.key.address,
+                    parents=[parse_asset_id(p) for p in parents],
+                )
+            )
         msg = register_asset_msg(
             kind=kind,
             content_hash=digest,
@@ -159,7 +180,13 @@ class AssetOps:
         a = self.asset(asset_id)
         shares = [AuthorShare(from_bech32(x["address"]), int(x["share_bps"])) for x in a["authors"]]
         sig = sign_authorship(
-            self.key, self.chain_id, bytes.fromhex(a["content_hash"]), a["kind"], shares
+            self.key,
+            self.chain_id,
+            bytes.fromhex(a["content_hash"]),
+            a["kind"],
+            shares,
+            owner=from_bech32(a["owner"]),
+            parents=[bytes.fromhex(p) for p in a["parents"]],
         )
         self._commit([sign_authorship_msg(parse_asset_id(asset_id), sig)], "SignAuthorship")
 
