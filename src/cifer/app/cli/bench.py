@@ -576,3 +576,141 @@ def assets(
     )
     t.add_row("proof alone (headers already trusted)", f"{res.proof_only_ms:.3f} ms")
     console.print(t)
+
+
+@app.command()
+def privacy(
+    clients: str = typer.Option("10,50", help="Client counts, comma-separated."),
+    params: str = typer.Option("100000,1000000", help="Parameters per update, comma-separated."),
+    runs: int = typer.Option(3, min=1, help="Repetitions; medians are reported."),
+    modes: str = typer.Option("plain,secagg,ckks", help="Privacy modes, comma-separated."),
+    flower: bool = typer.Option(True, "--flower/--no-flower", help="Also time Flower's SecAgg+."),
+    dropout: float = typer.Option(0.1, help="Fraction of clients dropping in the drop rows."),
+    seed: int = typer.Option(0, help="Seed of the updates and of who drops."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write every raw timing here."),
+) -> None:
+    """Per-round time and bytes per client of plain, secagg and ckks rounds (no training),
+    with Flower's SecAgg+ against its plaintext round side by side."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from cifer.app.bench import privacy as pv
+
+    try:
+        ns = pv.parse_ints(clients, "--clients")
+        ds = pv.parse_ints(params, "--params")
+        mode_list = pv.parse_modes(modes)
+    except pv.BenchError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console.print(f"machine: {machine()}")
+    if flower and not pv.flower_available():
+        console.print(
+            "[yellow]Flower (flwr) is not installed: no Flower columns. Install the "
+            "benchmark extra to compare: pip install -e '.\\[bench]'[/yellow]"
+        )
+    load_before = os.getloadavg()[0]
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("runs", total=len(ns) * len(ds) * runs)
+
+        def show(text: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=text)
+
+        try:
+            report = pv.run(
+                ns,
+                ds,
+                runs,
+                mode_list,
+                flower=flower,
+                dropout=dropout,
+                seed=seed,
+                progress=show,
+                machine=machine(),
+            )
+        except pv.BenchError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    load_after = os.getloadavg()[0]
+
+    def secs(v: float | None) -> str:
+        return "" if v is None else f"{v:.3f}"
+
+    def ms(v: float | None) -> str:
+        return "" if v is None else f"{1e3 * v:.1f}"
+
+    def times(v: float | None) -> str:
+        return "" if v is None else f"{v:.1f}x"
+
+    def size(v: float | None) -> str:
+        if v is None:
+            return ""
+        return f"{v / 1e6:.2f} MB" if v >= 1e6 else f"{v / 1e3:.0f} kB"
+
+    for cfg in report.configs:
+        table = Table(
+            title=f"cifer bench privacy: n={cfg.n}, d={cfg.d:,}, median of {runs} runs "
+            f"(secagg degree {cfg.degree}, threshold {cfg.threshold}; drop = {cfg.dropped} "
+            "clients leave after sharing keys)"
+        )
+        table.add_column("mode", no_wrap=True)
+        for col in ("round s", "client ms", "server s", "vs plain", "up", "down"):
+            table.add_column(col, justify="right")
+        for col in ("Flower s", "F client ms", "F server s", "F vs plain", "F up", "F down"):
+            table.add_column(col, justify="right", style="cyan")
+        for row in pv.ROWS:
+            if row not in cfg.rows:
+                continue
+            cells: list[str] = [row]
+            for name in (row, pv.FLOWER_ROW.get(row)):
+                if name is None or name not in cfg.rows or not cfg.rows[name].runs:
+                    cells += [""] * 6
+                    continue
+                cells += [
+                    secs(cfg.median(name)),
+                    ms(cfg.median(name, "per_client_s")),
+                    secs(cfg.median(name, "server_s")),
+                    times(cfg.ratio(name)),
+                    size(cfg.median(name, "bytes_up")),
+                    size(cfg.median(name, "bytes_down")),
+                ]
+            table.add_row(*cells)
+        console.print(table)
+        for note in cfg.notes:
+            console.print(f"  {note}")
+        for name, mr in cfg.rows.items():
+            if mr.note:
+                console.print(f"  {name}: {mr.note}")
+            if mr.runs:
+                errs = max(r.max_abs_err for r in mr.runs)
+                exact = [r.exact for r in mr.runs if r.exact is not None]
+                check = f"; unmasked sum exact: {all(exact)}" if exact else ""
+                rounds = " ".join(f"{r.round_s:.3f}" for r in mr.runs)
+                console.print(
+                    f"  {name}: rounds {rounds} s; max |mean - float mean| {errs:.1e}{check}"
+                )
+        if cfg.ckks_setup_s is not None:
+            console.print(
+                f"  ckks per-job setup (keys, sealing to {cfg.n - 1} clients, opening, "
+                f"public context): {cfg.ckks_setup_s:.2f} s, not in the round"
+            )
+    for mode, target, ratio, met in report.verdicts():
+        state = "not run" if met is None else ("met" if met else "MISSED")
+        n, d = pv.TARGET_CONFIG
+        console.print(
+            f"target at n={n}, d={d:,}: {mode} <= {target:g}x plain: {state} ({times(ratio)})"
+        )
+    console.print(
+        "round = every client's work (one after another) + one validator's, no local "
+        "training; client ms = mean per client; bytes = mean per client per round; "
+        f"versions: {', '.join(f'{k} {v}' for k, v in report.versions.items())}"
+    )
+    console.print(f"1-minute load average: {load_before:.2f} before, {load_after:.2f} after")
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+        console.print(f"raw timings written to {json_path}")
