@@ -2,8 +2,12 @@
 
 ``cifer fl simulate`` runs :func:`cifer.compute.fl.simulation.run_simulation` with a
 progress bar, prints a summary table and, with ``--out DIR``, writes ``metrics.json``,
-``timing.json`` and ``accuracy.png``. Exit codes: 0 success, 2 bad input (unknown names,
-an f the rule cannot tolerate, missing data, a diverging run) with a one-line message.
+``timing.json`` and ``accuracy.png``. ``--privacy secagg|ckks``, ``--clip-norm``,
+``--sample-rate`` and ``--dp-*`` aggregate rounds under secure aggregation, CKKS and
+client-level DP (:mod:`cifer.compute.fl.private_round`); ``metrics.json`` then has each
+round's participants, protocol error and (epsilon, delta). Exit codes: 0 success, 2 bad
+input (unknown names, an f the rule cannot tolerate, missing data, a diverging run) with a
+one-line message.
 """
 
 from __future__ import annotations
@@ -93,6 +97,33 @@ def simulate(
     download: bool = typer.Option(False, "--download", help="Download missing dataset files."),
     subset: int | None = typer.Option(None, help="Keep at most N samples per split."),
     backend: str = typer.Option("local", help="local (in-process) or ray."),
+    privacy: str = typer.Option(
+        "plain", help="plain, secagg (secure aggregation) or ckks (homomorphic encryption)."
+    ),
+    privacy_param: list[str] | None = typer.Option(
+        None,
+        "--privacy-param",
+        help="Protocol parameter key=value, e.g. value_bits=16 (secagg) (repeatable).",
+    ),
+    clip_norm: float | None = typer.Option(
+        None, "--clip-norm", "--dp-clip", help="Clip every client update to this L2 norm."
+    ),
+    sample_rate: float = typer.Option(
+        1.0, help="Each client takes part in a round with this probability (Poisson)."
+    ),
+    dp_epsilon: float | None = typer.Option(
+        None, help="Client-level DP: target epsilon after all rounds (calibrates the noise)."
+    ),
+    dp_noise_multiplier: float | None = typer.Option(
+        None, help="Client-level DP with this noise multiplier z (instead of --dp-epsilon)."
+    ),
+    dp_delta: float = typer.Option(1e-5, help="DP delta."),
+    dp_noise: str = typer.Option(
+        "central", help="DP noise: central (on the sum) or distributed (among the clients)."
+    ),
+    dp_min_clients: int | None = typer.Option(
+        None, help="Distributed DP: clients whose noise shares make the full noise (default qN)."
+    ),
     out: Path | None = typer.Option(None, help="Results directory (JSON + PNG)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out directory."),
     plot: bool = typer.Option(True, help="Write accuracy.png (needs matplotlib)."),
@@ -134,6 +165,15 @@ def simulate(
         "download": download,
         "subset": subset,
         "backend": backend,
+        "privacy": privacy,
+        "privacy_params": parse_kv(privacy_param, "--privacy-param"),
+        "clip_norm": clip_norm,
+        "sample_rate": sample_rate,
+        "dp_epsilon": dp_epsilon,
+        "dp_noise_multiplier": dp_noise_multiplier,
+        "dp_delta": dp_delta,
+        "dp_noise": dp_noise,
+        "dp_min_clients": dp_min_clients,
     }
     try:
         cfg = SimulationConfig(**cfg_kwargs)
@@ -212,9 +252,31 @@ def _summary_table(result: Any) -> Table:
         ("median overhead (no training/eval)", f"{t['median_overhead_s'] * 1e3:.2f} ms"),
         ("total time", f"{t['total_wall_s']:.2f} s"),
     ]
+    rows[4:4] = _privacy_rows(result)
     for k, v in rows:
         table.add_row(k, v)
     return table
+
+
+def _privacy_rows(result: Any) -> list[tuple[str, str]]:
+    info = result.privacy
+    if info is None:
+        return []
+    cfg = result.config
+    clip = "" if info["clip_norm"] is None else f", clip {info['clip_norm']:g}"
+    sampling = "" if cfg.sample_rate == 1.0 else f", sample rate {cfg.sample_rate:g}"
+    rows = [("privacy", f"{info['mode']}{clip}{sampling}")]
+    dp = info.get("dp")
+    if dp is not None:
+        eps = result.rounds[-1].epsilon
+        rows.append(
+            (
+                "differential privacy",
+                f"{dp['noise']} noise, z {dp['noise_multiplier']:.4f}, "
+                f"epsilon {eps if eps is not None else float('nan'):.3f} at delta {dp['delta']:g}",
+            )
+        )
+    return rows
 
 
 def _pct(value: float | None) -> str:

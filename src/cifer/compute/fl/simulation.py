@@ -41,6 +41,18 @@ default ``byzantine``), the rule's parameters, ``previous`` = the previous round
 ``(seed, round)``. FLTrust's root update is computed each round exactly like an honest
 client's, on ``root_size`` training samples drawn once from the whole training split.
 
+Privacy (:mod:`.private_round`). ``privacy`` = ``plain`` (default), ``secagg`` or ``ckks``
+runs the real secure-aggregation or CKKS protocol on each round's updates, with every party
+in process; ``clip_norm`` clips every update to that L2 norm on the client; ``dp_epsilon``
+(or ``dp_noise_multiplier``) adds client-level DP-FedAvg: Gaussian noise ``dp_noise`` =
+``central`` or ``distributed`` (split among clients), the noise multiplier calibrated for
+``rounds`` rounds at ``dp_delta``, and each round's (epsilon, delta) from the RDP accountant
+in the metrics. ``sample_rate`` q < 1 lets each client take part in a round with probability
+q (Poisson sampling, the accountant's assumption; seeded by ``(seed, round)``), for
+FedAvg without Byzantine clients. Under any of these the rule must be averaging
+(``fedavg`` or ``reputation``): robust rules need plaintext updates, and DP's sensitivity
+bound holds for a clipped average. Under ``ckks`` a run repeats only up to CKKS noise.
+
 Determinism. Every random draw comes from a Generator seeded from ``seed`` and the round
 and client indices (model init, partition, minibatches, attacks, the rule), so a seed fixes
 the run on one machine; the JSON of :meth:`SimulationResult.to_dict` without timings is
@@ -83,6 +95,7 @@ from cifer.compute.fl.attacks import (
     run_attack,
 )
 from cifer.compute.fl.params import DTYPE, F32Array, ParamError, ParamSpec
+from cifer.compute.fl.private_round import PrivacyError, PrivateAggregator, PrivateRoundResult
 from cifer.compute.fl.trainers import (
     BatchGradientTrainer,
     ModelSpec,
@@ -112,6 +125,7 @@ GRADIENT_CHUNK = 32
 
 # Tags that separate the random streams derived from the seed.
 _TAG_CLIENT, _TAG_ATTACK, _TAG_AGG, _TAG_ROOT, _TAG_ROOT_DATA, _TAG_PREFLIGHT = range(1, 7)
+_TAG_SAMPLE = 7
 
 Progress = Callable[["RoundMetrics"], None]
 
@@ -154,6 +168,15 @@ class SimulationConfig:
     backend: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     vectorize: bool = True
+    privacy: Literal["plain", "secagg", "ckks"] = "plain"
+    privacy_params: Mapping[str, object] = field(default_factory=dict)
+    clip_norm: float | None = None
+    sample_rate: float = 1.0
+    dp_epsilon: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_delta: float = 1e-5
+    dp_noise: Literal["central", "distributed"] = "central"
+    dp_min_clients: int | None = None
 
     @property
     def f(self) -> int:
@@ -165,11 +188,28 @@ class SimulationConfig:
         """The registered aggregator name after alias resolution."""
         return resolve_aggregator(self.aggregator)
 
+    @property
+    def dp(self) -> bool:
+        """Whether client-level differential privacy is on."""
+        return self.dp_epsilon is not None or self.dp_noise_multiplier is not None
+
+    @property
+    def private_aggregation(self) -> bool:
+        """Whether rounds are aggregated by :mod:`.private_round` (a privacy mode, clipping,
+        DP or client sampling) rather than by the rule on all clients' plaintext updates."""
+        return (
+            self.privacy != "plain"
+            or self.dp
+            or self.clip_norm is not None
+            or self.sample_rate != 1.0
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict of every field."""
         out = asdict(self)
         out["attack_params"] = dict(self.attack_params)
         out["agg_params"] = dict(self.agg_params)
+        out["privacy_params"] = dict(self.privacy_params)
         return out
 
     @classmethod
@@ -235,8 +275,81 @@ class SimulationConfig:
             )
         if self.backend not in ("local", "ray"):
             raise SimulationError(f"backend must be 'local' or 'ray', got {self.backend!r}")
-        resolve_aggregator(self.aggregator)
+        rule = resolve_aggregator(self.aggregator)
         attack_kind(self.attack)
+        self._validate_privacy(rule)
+
+    def _validate_privacy(self, rule: str) -> None:
+        from cifer.compute.fl.private_round import (
+            AVERAGING_RULES,
+            PRIVACY_MODES,
+            PrivacyError,
+            check_rule,
+            privacy_options,
+        )
+
+        if self.privacy not in PRIVACY_MODES:
+            raise SimulationError(
+                f"privacy must be one of {', '.join(PRIVACY_MODES)}, got {self.privacy!r}"
+            )
+        for name, value in (
+            ("clip_norm", self.clip_norm),
+            ("dp_epsilon", self.dp_epsilon),
+            ("dp_noise_multiplier", self.dp_noise_multiplier),
+        ):
+            if value is not None and not _positive_float(value):
+                raise SimulationError(f"{name} must be a positive finite number, got {value!r}")
+        q = self.sample_rate
+        if not _positive_float(q) or q > 1:
+            raise SimulationError(f"sample_rate must lie in (0, 1], got {q!r}")
+        if q < 1 and (self.byzantine or self.mode != "fedavg"):
+            raise SimulationError(
+                "client sampling (sample_rate < 1) runs FedAvg without Byzantine clients"
+            )
+        if q < 1 and rule not in AVERAGING_RULES:
+            raise SimulationError(
+                f"client sampling (sample_rate < 1) aggregates with {' or '.join(AVERAGING_RULES)}"
+                f", not {rule!r}"
+            )
+        if self.dp:
+            if self.dp_epsilon is not None and self.dp_noise_multiplier is not None:
+                raise SimulationError("give dp_epsilon or dp_noise_multiplier, not both")
+            if self.clip_norm is None:
+                raise SimulationError("DP needs a clip norm (--dp-clip / --clip-norm)")
+            if not isinstance(self.dp_delta, float | int) or not 0 < self.dp_delta < 1:
+                raise SimulationError(f"dp_delta must lie in (0, 1), got {self.dp_delta!r}")
+            if self.dp_noise not in ("central", "distributed"):
+                raise SimulationError(
+                    f"dp_noise must be 'central' or 'distributed', got {self.dp_noise!r}"
+                )
+            if self.dp_min_clients is not None:
+                _check_int("dp_min_clients", self.dp_min_clients, 1)
+            if self.weighting != "uniform":
+                raise SimulationError("DP-FedAvg weights clients uniformly: use weighting=uniform")
+        try:
+            check_rule(self.privacy, rule, dp=self.dp)
+            privacy_options(self.privacy, self.privacy_params)
+        except (PrivacyError, TypeError) as exc:
+            raise SimulationError(str(exc)) from exc
+        bounded = (
+            self.clip_norm is not None
+            or "value_range" in self.privacy_params
+            or (rule == "reputation" and "clip_norm" in self.agg_params)
+        )
+        if self.privacy == "secagg" and not bounded:
+            raise SimulationError(
+                "secagg needs a bound on update values: set clip_norm (norm-clipped "
+                "averaging is the rule under secure aggregation) or privacy_params value_range"
+            )
+
+
+def _positive_float(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def _check_int(name: str, value: object, low: int) -> None:
@@ -306,8 +419,25 @@ class RoundMetrics:
     attack_s: float = 0.0
     aggregate_s: float = 0.0
     eval_s: float = 0.0
+    # privacy (None, and left out of the JSON, when the run has no privacy features)
+    participants: int | None = None
+    skipped: bool | None = None
+    clipped: int | None = None
+    protocol_error: float | None = None
+    epsilon: float | None = None
+    epsilon_round: float | None = None
+    noise_multiplier: float | None = None
 
     TIMING_FIELDS = ("wall_s", "train_s", "attack_s", "aggregate_s", "eval_s")
+    OPTIONAL_FIELDS = (
+        "participants",
+        "skipped",
+        "clipped",
+        "protocol_error",
+        "epsilon",
+        "epsilon_round",
+        "noise_multiplier",
+    )
 
     @property
     def overhead_s(self) -> float:
@@ -319,6 +449,8 @@ class RoundMetrics:
         out = {}
         for name in self.__dataclass_fields__:
             if name in self.TIMING_FIELDS:
+                continue
+            if name in self.OPTIONAL_FIELDS and getattr(self, name) is None:
                 continue
             out[name] = _clean(getattr(self, name))
         return out
@@ -355,6 +487,7 @@ class SimulationResult:
     initial_loss: float
     wall_s: float = 0.0
     setup_s: float = 0.0
+    privacy: dict[str, Any] | None = None  # PrivateAggregator.describe(), when used
 
     @property
     def evaluated(self) -> list[RoundMetrics]:
@@ -384,7 +517,23 @@ class SimulationResult:
             "initial_accuracy": _clean(self.initial_accuracy),
             "mean_accepted": float(np.mean(accepted)),
             "mean_byzantine_accepted": float(np.mean(byz)),
+        } | self._privacy_summary()
+
+    def _privacy_summary(self) -> dict[str, Any]:
+        if self.privacy is None:
+            return {}
+        out: dict[str, Any] = {
+            "privacy": self.privacy["mode"],
+            "skipped_rounds": sum(1 for r in self.rounds if r.skipped),
+            "max_protocol_error": max(
+                (r.protocol_error for r in self.rounds if r.protocol_error is not None),
+                default=None,
+            ),
         }
+        if self.rounds[-1].epsilon is not None:
+            out["final_epsilon"] = self.rounds[-1].epsilon
+            out["delta"] = self.privacy["dp"]["delta"]
+        return out
 
     def timing_summary(self) -> dict[str, float]:
         """Median per-round timings and totals."""
@@ -408,6 +557,8 @@ class SimulationResult:
             "summary": self.summary(),
             "rounds": [r.metrics() for r in self.rounds],
         }
+        if self.privacy is not None:
+            out["privacy"] = self.privacy
         if timing:
             out["timing"] = self.timing_dict()
         return out
@@ -535,6 +686,7 @@ class _State:
     root_momentum: F32Array | None
     previous: F32Array | None = None
     backend: _RayBackend | None = None
+    private: PrivateAggregator | None = None
 
 
 def _load(cfg: SimulationConfig) -> tuple[Any, Any]:
@@ -595,9 +747,65 @@ def _setup(cfg: SimulationConfig) -> _State:
         root_momentum=np.zeros(d, dtype=DTYPE) if root and cfg.mode == "fedsgd" else None,
     )
     _preflight(state)
+    if cfg.private_aggregation:
+        state.private = _private_aggregator(cfg, rule, d)
     if cfg.backend == "ray":
         state.backend = _RayBackend(cfg, model_spec, clients)
     return state
+
+
+def _private_aggregator(cfg: SimulationConfig, rule: str, length: int) -> PrivateAggregator:
+    """The round aggregator for a run with a privacy mode, clipping, DP or sampling; DP's
+    noise multiplier is calibrated here for ``cfg.rounds`` rounds when a target epsilon is
+    given."""
+    from cifer.compute.fl.private_round import PrivacyConfig, dp_config, privacy_options
+
+    clip = cfg.clip_norm
+    if clip is None and rule == "reputation" and "clip_norm" in cfg.agg_params:
+        clip = float(cfg.agg_params["clip_norm"])  # type: ignore[arg-type]
+    try:
+        secagg, ckks = privacy_options(cfg.privacy, cfg.privacy_params)
+        dp = None
+        if cfg.dp:
+            assert clip is not None  # validate()
+            expected = cfg.sample_rate * cfg.clients
+            dp = dp_config(
+                mode=cfg.dp_noise,
+                clip_norm=clip,
+                sampling_rate=cfg.sample_rate,
+                delta=float(cfg.dp_delta),
+                rounds=cfg.rounds,
+                min_clients=cfg.dp_min_clients or max(1, math.floor(expected)),
+                epsilon=cfg.dp_epsilon,
+                noise_multiplier=cfg.dp_noise_multiplier,
+            )
+        config = PrivacyConfig(
+            mode=cfg.privacy,
+            clip_norm=None if dp is not None else clip,
+            dp=dp,
+            secagg=secagg,
+            ckks=ckks,
+        )
+        return PrivateAggregator(config, length=length, population=cfg.clients, seed=cfg.seed)
+    except PrivacyError as exc:
+        raise SimulationError(str(exc)) from exc
+
+
+def _private_weights(state: _State, rows: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
+    """Public integer weights of ``rows``: 1 (uniform) or sample counts, capped by the
+    reputation rule's ``max_samples`` (reputation is full in a simulation)."""
+    w = state.weights[rows]
+    cap = state.cfg.agg_params.get("max_samples") if state.rule == "reputation" else None
+    if isinstance(cap, int | float) and not isinstance(cap, bool):
+        w = np.minimum(w, max(1.0, math.floor(cap)))
+    return np.rint(w).astype(np.int64)
+
+
+def _sample(state: _State, r: int) -> npt.NDArray[np.intp]:
+    """Round ``r``'s participants: each client independently with probability q."""
+    cfg = state.cfg
+    draw = _rng(cfg.seed, _TAG_SAMPLE, r).random(cfg.clients)
+    return np.flatnonzero(draw < cfg.sample_rate).astype(np.intp)
 
 
 def _needs_root(cfg: SimulationConfig, rule: str) -> bool:
@@ -756,7 +964,8 @@ def _apply_momentum(state: _State) -> None:
 
 
 def _check_finite(state: _State, r: int) -> None:
-    u = state.updates[state.trained]
+    sampled = state.cfg.sample_rate != 1.0
+    u = state.updates[state.training if sampled else state.trained]
     if np.isfinite(u).all():  # one fast pass; locate the culprit only on failure
         return
     i = int(state.training[np.flatnonzero(~np.isfinite(u).all(axis=1))[0]])
@@ -803,6 +1012,8 @@ def _score_summary(res: AggResult, f: int) -> dict[str, float | None]:
 def _round(state: _State, r: int) -> RoundMetrics:
     cfg = state.cfg
     t0 = time.perf_counter()
+    if cfg.sample_rate != 1.0:
+        state.training = _sample(state, r)
     backend = state.backend
     losses = backend.train(state, r) if backend is not None else _train_local(state, r)
     if cfg.mode == "fedsgd":
@@ -813,11 +1024,16 @@ def _round(state: _State, r: int) -> RoundMetrics:
     if state.kind == "model":
         _attack(state, r)
     t2 = time.perf_counter()
-    ctx = _agg_context(state, _rng(cfg.seed, _TAG_AGG, r), root)
-    try:
-        res = aggregate(state.rule, state.updates, state.weights, ctx)
-    except AggregationError as exc:
-        raise SimulationError(f"round {r}: {exc}") from exc
+    private = None
+    considered = np.ones(cfg.clients, dtype=bool)
+    if state.private is not None:
+        res, private, considered = _private_round(state, r)
+    else:
+        ctx = _agg_context(state, _rng(cfg.seed, _TAG_AGG, r), root)
+        try:
+            res = aggregate(state.rule, state.updates, state.weights, ctx)
+        except AggregationError as exc:
+            raise SimulationError(f"round {r}: {exc}") from exc
     agg = np.asarray(res.aggregate, dtype=DTYPE)
     if cfg.mode == "fedsgd":
         state.w -= np.float32(cfg.lr) * agg
@@ -832,17 +1048,18 @@ def _round(state: _State, r: int) -> RoundMetrics:
     t4 = time.perf_counter()
     f = cfg.byzantine
     accepted = res.accepted
+    rejected = considered & ~accepted
     scores = _score_summary(res, f)
     honest_losses = [x for x in losses if math.isfinite(x)]
-    return RoundMetrics(
+    metrics = RoundMetrics(
         round=r,
         test_accuracy=acc,
         test_loss=loss,
         train_loss=float(np.mean(honest_losses)) if honest_losses else None,
         accepted=int(accepted.sum()),
-        rejected=int((~accepted).sum()),
+        rejected=int(rejected.sum()),
         byzantine_accepted=int(accepted[:f].sum()),
-        honest_rejected=int((~accepted[f:]).sum()),
+        honest_rejected=int(rejected[f:].sum()),
         score_min=scores["min"],
         score_median=scores["median"],
         score_max=scores["max"],
@@ -855,6 +1072,42 @@ def _round(state: _State, r: int) -> RoundMetrics:
         aggregate_s=t3 - t2,
         eval_s=t4 - t3,
     )
+    if private is not None:
+        metrics.participants = private.participants
+        metrics.skipped = private.skipped
+        metrics.clipped = private.clipped
+        metrics.protocol_error = private.protocol_error
+        metrics.epsilon = private.epsilon
+        metrics.epsilon_round = private.epsilon_round
+        metrics.noise_multiplier = private.noise_multiplier
+    return metrics
+
+
+def _private_round(
+    state: _State, r: int
+) -> tuple[AggResult, PrivateRoundResult, npt.NDArray[np.bool_]]:
+    """Aggregate the round's participants under the run's privacy mode. A skipped round
+    (too few participants for the protocol) leaves the model where it was."""
+    cfg = state.cfg
+    assert state.private is not None
+    n = cfg.clients
+    rows = state.training if cfg.sample_rate != 1.0 else np.arange(n, dtype=np.intp)
+    weights = _private_weights(state, rows)
+    try:
+        out = state.private.aggregate(state.updates[rows], weights, round_=r, clients=rows)
+    except PrivacyError as exc:
+        raise SimulationError(f"round {r}: {exc}") from exc
+    considered = np.zeros(n, dtype=bool)
+    considered[rows] = True
+    scores = np.full(n, np.nan)
+    if out.aggregate is None:
+        agg = np.zeros(state.spec.size, dtype=DTYPE)
+        accepted = np.zeros(n, dtype=bool)
+    else:
+        agg = out.aggregate
+        accepted = considered.copy()
+        scores[rows] = weights / weights.sum()
+    return AggResult(agg, accepted, scores), out, considered
 
 
 def _evaluate(state: _State) -> dict[str, float]:
@@ -915,6 +1168,7 @@ class Simulation:
             initial_loss=initial["loss"],
             wall_s=time.perf_counter() - t_start + self.setup_s,
             setup_s=self.setup_s,
+            privacy=None if state.private is None else state.private.describe(),
         )
 
 
