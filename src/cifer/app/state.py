@@ -20,25 +20,24 @@ state transition, not on the order modules happened to write in.
 Because each hash folds in the previous one, the app hash is a hash chain over changesets:
 given the genesis state (whose own changeset is hashed at height 0 from an empty previous
 hash), it commits to the whole state at every height, without a Merkle tree over all keys.
-The price is that it cannot prove a single key's value; it only detects divergence.
+A single key's value is proven by the write that set it: that block's changeset entry,
+its Merkle path to ``R`` and the previous app hash (:mod:`cifer.base.chain.proofs`).
 
 Values in state are canonical encodings of integers, bytes and strings, never floats.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Final, TypeVar
 
 from cifer.base import encoding
+from cifer.base.chain.proofs import app_hash_from_root, changeset_leaf
 from cifer.base.crypto import merkle
 from cifer.base.store.state import StateStore
 
 T = TypeVar("T")
-
-APP_HASH_TAG: Final = b"cifer/apphash/v1"
 
 
 class _Missing:
@@ -176,18 +175,10 @@ class StateOverlay:
 
 def changeset_root(changes: Mapping[bytes, bytes | None]) -> bytes:
     """Merkle root of the sorted changeset entries ``encode((key, value or b"", deleted))``."""
-    leaves = [
-        encoding.encode((k, b"" if v is None else v, v is None)) for k, v in sorted(changes.items())
-    ]
-    return merkle.root(leaves)
+    return merkle.root([changeset_leaf(k, v) for k, v in sorted(changes.items())])
 
 
 def app_hash(prev_app_hash: bytes, height: int, changes: Mapping[bytes, bytes | None]) -> bytes:
-    """The app hash after applying ``changes`` at ``height`` (see the module docstring)."""
-    if height < 0:
-        raise ValueError("height must be non-negative")
-    h = hashlib.sha256(APP_HASH_TAG)
-    h.update(prev_app_hash)
-    h.update(height.to_bytes(8, "big"))
-    h.update(changeset_root(changes))
-    return h.digest()
+    """The app hash after applying ``changes`` at ``height`` (see the module docstring); the
+    formula lives with the proofs that light clients check against it."""
+    return app_hash_from_root(prev_app_hash, height, changeset_root(changes))

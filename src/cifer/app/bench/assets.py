@@ -206,7 +206,6 @@ def run_assets_bench(
             proof = chain.state_proof(key, rec.height)
             blocks = chain.light_blocks(1, rec.height + 1)
             runs = []
-            lc = LightClient(genesis.chain_id, genesis.validator_set())
             for _ in range(3):
                 lc = LightClient(genesis.chain_id, genesis.validator_set())
                 t0 = time.perf_counter()

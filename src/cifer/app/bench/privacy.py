@@ -64,7 +64,6 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
-import logging
 import os
 import statistics
 import time
@@ -585,15 +584,10 @@ class _DirectGrid:
         return replies
 
 
-@contextlib.contextmanager
-def _quiet_flower() -> Iterator[None]:
-    log = logging.getLogger("flwr")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
+def _quiet_flower() -> contextlib.AbstractContextManager[None]:
+    from cifer.compute.fl.private_round import quiet_logger
+
+    return quiet_logger("flwr")
 
 
 def flower_round(

@@ -426,7 +426,7 @@ class FlModule(Module):
                 Code.UNAUTHORIZED,
             )
 
-    def _dataset_asset(self, ctx: Context, job: Job, dataset: bytes) -> bytes | None:
+    def _dataset_asset(self, ctx: Context, dataset: bytes) -> bytes | None:
         """The registered asset a declared dataset is (by id or content hash), if any."""
         if not dataset:
             return None
@@ -436,7 +436,7 @@ class FlModule(Module):
         return RegistryModule.by_content(state, dataset)
 
     def _check_consent(self, ctx: Context, job: Job, dataset: bytes, client: bytes) -> None:
-        asset_id = self._dataset_asset(ctx, job, dataset)
+        asset_id = self._dataset_asset(ctx, dataset)
         if job.spec.assets and (asset_id is None or asset_id not in job.spec.assets):
             what = "no dataset" if not dataset else f"dataset {dataset.hex()}"
             raise MsgError(
@@ -653,7 +653,7 @@ class FlModule(Module):
         datasets = list(job.spec.assets)
         for c in contributors:
             m = self.member(state, job.id, c)
-            d = self._dataset_asset(ctx, job, m.dataset) if m is not None else None
+            d = self._dataset_asset(ctx, m.dataset) if m is not None else None
             if d is not None and d not in datasets:
                 datasets.append(d)
         for d in datasets:

@@ -89,17 +89,12 @@ class MarketModule(Module):
     ) -> list[MarketEntry]:
         """Live listings by kind and/or tag (index scans), then title/name text filter."""
         if tag:
-            ids = [
-                int.from_bytes(k[-8:], "big")
-                for k, _ in state.iter_prefix(_TAG + tag.encode() + b"\x00")
-            ]
+            prefix = _TAG + tag.encode() + b"\x00"
         elif kind:
-            ids = [
-                int.from_bytes(k[-8:], "big")
-                for k, _ in state.iter_prefix(_KIND + kind.encode() + b"\x00")
-            ]
+            prefix = _KIND + kind.encode() + b"\x00"
         else:
-            ids = [int.from_bytes(k[len(_LIST) :], "big") for k, _ in state.iter_prefix(_LIST)]
+            prefix = _LIST
+        ids = [int.from_bytes(k[-8:], "big") for k, _ in state.iter_prefix(prefix)]
         needle = text.lower()
         out: list[MarketEntry] = []
         for oid in ids:

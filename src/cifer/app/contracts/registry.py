@@ -551,6 +551,7 @@ class RegistryModule(Module):
             )
         for p in msg.parents:
             self.require(state, p)
+        version = 1
         if msg.previous:
             prev = self.require(state, msg.previous)
             if prev.owner != sender:
@@ -563,6 +564,7 @@ class RegistryModule(Module):
                     f"asset {_id_hex(prev.id)} already has a newer version "
                     f"{_id_hex(prev.next_version)}"
                 )
+            version = prev.version + 1
         asset_id = asset_id_for(ctx.chain_id, msg.content_hash)
         stmt = statement_bytes(
             ctx.chain_id,
@@ -573,14 +575,11 @@ class RegistryModule(Module):
             parents=msg.parents,
         )
         sigs = {address_bytes(s.pubkey): s for s in msg.signatures}
+        authors = {a.address for a in msg.authors}
         for i, s in enumerate(msg.signatures):
-            _check_sig(s, stmt, {a.address for a in msg.authors}, f"signature {i}")
+            _check_sig(s, stmt, authors, f"signature {i}")
         if len(sigs) != len(msg.signatures):
             raise MsgError("two signatures by the same author", Code.INVALID_MSG)
-        version = 1
-        if msg.previous:
-            prev = self.require(state, msg.previous)
-            version = prev.version + 1
         asset = Asset(
             id=asset_id,
             kind=msg.kind,

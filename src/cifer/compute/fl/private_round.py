@@ -111,16 +111,21 @@ _TAG_DP_CLIENT, _TAG_DP_CENTRAL, _TAG_ROUNDING, _TAG_SECAGG = 101, 102, 103, 104
 
 
 @contextlib.contextmanager
-def quiet_accounting() -> Iterator[None]:
-    """Silence dp_accounting's absl warnings (orders of the RDP bound that fail to converge
-    and are excluded, which it logs at every epsilon query) for the duration."""
-    log = logging.getLogger("absl")
+def quiet_logger(name: str) -> Iterator[None]:
+    """Raise logger ``name`` to ERROR for the duration (libraries that warn per call)."""
+    log = logging.getLogger(name)
     level = log.level
     log.setLevel(logging.ERROR)
     try:
         yield
     finally:
         log.setLevel(level)
+
+
+def quiet_accounting() -> contextlib.AbstractContextManager[None]:
+    """Silence dp_accounting's absl warnings (orders of the RDP bound that fail to converge
+    and are excluded, which it logs at every epsilon query) for the duration."""
+    return quiet_logger("absl")
 
 
 class PrivacyError(ValueError):
