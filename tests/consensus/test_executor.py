@@ -9,6 +9,7 @@ import pytest
 
 from cifer.app.application import CiferApp
 from cifer.app.contracts.bank import send_msg
+from cifer.app.contracts.reputation import ReputationModule
 from cifer.app.genesis_builder import account_key, make_genesis, validator_key
 from cifer.app.txbuilder import make_tx
 from cifer.base.chain.executor import BlockExecutor, ChainStateStore, increment_priorities
@@ -43,7 +44,9 @@ def open_chain(d: Path, n_validators: int = 1) -> BlockExecutor:
     return BlockExecutor(g, app, BlockStore(d / "blocks.db"), chain_db=str(d / "chain.db"))
 
 
-def decide(ex: BlockExecutor, txs: list[bytes], signers: int = 1, evidence=None) -> Block:
+def decide(
+    ex: BlockExecutor, txs: list[bytes], signers: int = 1, evidence=None, round: int = 0
+) -> Block:
     h = ex.state.last_height + 1
     last = ex.blocks.load_commit(h - 1) if h > 1 else None
     block = ex.create_block(validator_key(0).address, txs, last, evidence or [], 1000 * h)
@@ -52,9 +55,9 @@ def decide(ex: BlockExecutor, txs: list[bytes], signers: int = 1, evidence=None)
     for i in range(signers):
         k = validator_key(i)
         sigs.append(
-            CommitSig(k.address, k.sign(vote_sign_bytes(CHAIN, PRECOMMIT, h, 0, block.hash())))
+            CommitSig(k.address, k.sign(vote_sign_bytes(CHAIN, PRECOMMIT, h, round, block.hash())))
         )
-    ex.apply_block(block, Commit(h, 0, block.hash(), sorted(sigs, key=lambda c: c.validator)))
+    ex.apply_block(block, Commit(h, round, block.hash(), sorted(sigs, key=lambda c: c.validator)))
     return block
 
 
@@ -170,3 +173,37 @@ def test_weighted_round_robin_matches_voting_power() -> None:
     counts = Counter(increment_priorities(vset, prios) for _ in range(1000))
     for k, p in zip(keys, (1, 2, 3, 4), strict=True):
         assert counts[k.address] == 100 * p
+
+
+def _rep_events(ex: BlockExecutor, addr: bytes) -> list[str]:
+    """Failed-proposal events of ``addr`` (validator 3 never signs: its misses are noise here)."""
+    state, _ = ex.app.view()  # type: ignore[attr-defined]
+    hist = ReputationModule.info(state, addr).history
+    return [h.event for h in hist if h.event == "validator_failed_proposal"]
+
+
+def test_proposers_of_failed_rounds_lose_reputation_from_the_next_block(tmp_path: Path) -> None:
+    ex = open_chain(tmp_path, n_validators=4)
+    decide(ex, [], signers=3)
+    rotation = ex.proposer_rotation()  # height 2's proposers, round by round
+    failed = {rotation(0), rotation(1)}
+    decide(ex, [], signers=3, round=2)  # height 2 is decided in round 2
+    # the proposers are known only when block 3 carries height 2's commit (round 2)
+    assert all(_rep_events(ex, a) == [] for a in failed)
+    block3 = decide(ex, [], signers=3)
+    assert block3.last_commit is not None and block3.last_commit.round == 2
+    assert len(failed) == 2
+    for i in range(4):
+        addr = validator_key(i).address
+        want = ["validator_failed_proposal"] if addr in failed else []
+        assert _rep_events(ex, addr) == want, i
+    # a restart replays nothing, and the stored chain state still names the same proposers
+    again = open_chain(tmp_path, n_validators=4)
+    assert again.handshake() == 0 and again.state.last_priorities == ex.state.last_priorities
+
+
+def test_a_round_zero_commit_names_no_failed_proposer(tmp_path: Path) -> None:
+    ex = open_chain(tmp_path, n_validators=4)
+    for _ in range(3):
+        decide(ex, [], signers=3)
+    assert all(_rep_events(ex, validator_key(i).address) == [] for i in range(4))

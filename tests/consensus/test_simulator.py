@@ -94,7 +94,9 @@ def test_validity_checker_catches_an_app_that_accepts_anything(monkeypatch) -> N
     from cifer.base.chain.abci import ProcessResult
     from cifer.base.chain.kvstore import KVStoreApp
 
-    monkeypatch.setattr(KVStoreApp, "process_proposal", lambda self, block: ProcessResult(True))
+    monkeypatch.setattr(
+        KVStoreApp, "process_proposal", lambda self, block, failed=(): ProcessResult(True)
+    )
     results = [
         run(SimConfig(validators=4, byzantine=1, behaviours=("invalid_block",), heights=8, seed=s))
         for s in range(4)

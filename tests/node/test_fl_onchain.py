@@ -181,6 +181,24 @@ def test_job_completes_with_byzantine_proposers_clients_and_a_straggler(net: Loc
     status = d.get(0, "/status")
     assert status["proposals_rejected"] >= 1, "no tampered aggregate was ever proposed"
     assert "differs from this validator's recomputation" in status["last_rejection"]
+    # the refused proposals cost their proposers reputation on chain, the same on every node
+    failed = {
+        v: [
+            e["height"]
+            for e in d.get(3, f"/reputation/{v}")["history"]
+            if e["event"] == "validator_failed_proposal"
+        ]
+        for v in (net.spec.nodes[i].validator for i in (1, 2, 3))
+    }
+    assert sum(map(len, failed.values())) >= 1, failed
+    assert failed == {
+        v: [
+            e["height"]
+            for e in d.get(0, f"/reputation/{v}")["history"]
+            if e["event"] == "validator_failed_proposal"
+        ]
+        for v in failed
+    }
     rep = {k.public.bech32: d.get(3, f"/reputation/{k.public.bech32}")["state"] for k in keys}
     assert rep[byz] == "Unreliable"
     assert all(rep[k.public.bech32] == "Trusted" for k in keys[:4])

@@ -274,28 +274,34 @@ class CiferApp:
                     size += len(raw)
             return out
 
-    def process_proposal(self, block: Block) -> ProcessResult:
+    def process_proposal(
+        self, block: Block, failed_proposers: Sequence[bytes] = ()
+    ) -> ProcessResult:
         with self._lock:
             reason = self._check_block_target(block)
             if reason:
                 return ProcessResult(False, reason)
-            exe = self._execute(block, verify=True)
+            exe = self._execute(block, tuple(failed_proposers), verify=True)
             if exe.reject_reason:
                 self.rejected_proposals += 1
                 self.last_rejection = f"height {block.header.height}: {exe.reject_reason}"
                 logger.warning("refusing proposal at %s", self.last_rejection)
                 return ProcessResult(False, exe.reject_reason)
-            self._proposals[_block_key(block)] = exe
+            self._proposals[_block_key(block, failed_proposers)] = exe
             while len(self._proposals) > _PROPOSAL_CACHE:
                 self._proposals.popitem(last=False)
             return ProcessResult(True)
 
-    def finalize_block(self, block: Block) -> FinalizeResult:
+    def finalize_block(
+        self, block: Block, failed_proposers: Sequence[bytes] = ()
+    ) -> FinalizeResult:
         with self._lock:
             reason = self._check_block_target(block)
             if reason:
                 raise ValueError(f"finalize_block: {reason}")
-            exe = self._proposals.pop(_block_key(block), None) or self._execute(block, verify=False)
+            exe = self._proposals.pop(_block_key(block, failed_proposers), None)
+            if exe is None:
+                exe = self._execute(block, tuple(failed_proposers), verify=False)
             self._pending = exe
             return FinalizeResult(
                 exe.tx_results, exe.validator_updates, exe.app_hash, list(exe.events)
@@ -533,7 +539,9 @@ class CiferApp:
                 )
         return ""
 
-    def _execute(self, block: Block, *, verify: bool) -> _Execution:
+    def _execute(
+        self, block: Block, failed_proposers: tuple[bytes, ...], *, verify: bool
+    ) -> _Execution:
         """Run a block. ``verify`` (process_proposal) also recomputes its system messages
         and checks what its txs reference outside state; applying a committed block
         (``verify=False``) trusts both, so it never waits on I/O."""
@@ -542,6 +550,7 @@ class CiferApp:
         ctx = Context(
             state, height, self.chain_id, block.header.proposer, ExecMode.BLOCK, self.modules
         )
+        ctx.failed_proposers = failed_proposers
         n_system = 0
         while n_system < len(block.txs) and is_system_tx(block.txs[n_system]):
             n_system += 1
@@ -591,7 +600,7 @@ def _addr(address: bytes | str) -> bytes:
     return from_bech32(address) if isinstance(address, str) else address
 
 
-def _block_key(block: Block) -> bytes:
-    """Identity of a whole block: the header hash alone trusts header/body consistency,
-    which the chain layer checks but the app does not rely on."""
-    return sha256(block.to_bytes())
+def _block_key(block: Block, failed_proposers: Sequence[bytes]) -> bytes:
+    """Identity of a whole block and its consensus inputs: the header hash alone trusts
+    header/body consistency, which the chain layer checks but the app does not rely on."""
+    return sha256(block.to_bytes() + b"".join(sorted(failed_proposers)))

@@ -109,6 +109,8 @@ class Context:
     #: False when it applies an already-committed block (replay, block sync), which must
     #: not depend on anything but the block and state.
     external: bool = False
+    #: proposers of the previous height's failed rounds (set for blocks by the executor)
+    failed_proposers: tuple[bytes, ...] = ()
 
     def emit(self, type: str, **attrs: object) -> None:
         """Record an event. ``bytes`` of address length render as bech32, others as hex."""

@@ -24,6 +24,7 @@ CLIENT_REJECTED           0                            alpha
 CLIENT_STRAGGLER          0                            alpha // 2
 VALIDATOR_MISSED_VOTE     0                            alpha // 20
 VALIDATOR_SIGNED          10^6                         alpha // 20
+VALIDATOR_FAILED_PROPOSAL 0                            alpha // 4
 EVIDENCE                  score := 0, Unreliable at once
 ========================  ===========================  ==================
 
@@ -46,10 +47,16 @@ validator is VALIDATOR_SIGNED or VALIDATOR_MISSED_VOTE depending on whether
 collected, so a late precommit counts as missed; the small alpha makes that noise cheap.
 The active set is the validators module's current record (updates it queued at the previous
 height are counted one height early; harmless at this step size). Committed equivocation
-evidence is EVIDENCE. VALIDATOR_SIGNED happens for every validator at every block, so it
-updates the score but writes no history entry and emits no event; each address keeps at
-most :data:`HISTORY_LIMIT` history entries (the oldest are pruned), so an offline
-validator's misses cannot grow state without bound.
+evidence is EVIDENCE. A validator whose round of the previous height decided nothing (its
+proposal was refused as invalid, never arrived, or came too late) is
+VALIDATOR_FAILED_PROPOSAL, once per height however many of its rounds failed. The executor
+names these proposers from the block's ``last_commit.round`` and the previous height's
+proposer rotation (``Context.failed_proposers``); the chain cannot tell an invalid proposal
+from a missing one, so both cost the same, and the larger step than a missed vote reflects
+that a proposer's failure costs the whole network a round. VALIDATOR_SIGNED happens for
+every validator at every block, so it updates the score but writes no history entry and
+emits no event; each address keeps at most :data:`HISTORY_LIMIT` history entries (the
+oldest are pruned), so an offline validator's misses cannot grow state without bound.
 """
 
 from __future__ import annotations
@@ -104,6 +111,7 @@ class RepEvent(IntEnum):
     VALIDATOR_MISSED_VOTE = 4
     VALIDATOR_SIGNED = 5
     EVIDENCE = 6
+    VALIDATOR_FAILED_PROPOSAL = 7
 
 
 # --------------------------------------------------------------------------- state records
@@ -204,6 +212,8 @@ def apply_event(score: int, event: RepEvent, value_ppm: int | None, p: RepParams
         target, alpha = 0, p.alpha_ppm // 20
     elif event is RepEvent.VALIDATOR_SIGNED:
         target, alpha = PPM, p.alpha_ppm // 20
+    elif event is RepEvent.VALIDATOR_FAILED_PROPOSAL:
+        target, alpha = 0, p.alpha_ppm // 4
     else:  # pragma: no cover - exhaustive over RepEvent
         raise ValueError(f"unknown reputation event {event!r}")
     return score + ema_step(target - score, alpha)
@@ -413,6 +423,8 @@ class ReputationModule(Module):
                         else RepEvent.VALIDATOR_MISSED_VOTE
                     )
                     self.record(ctx, addr, ev)
+        for addr in sorted(set(ctx.failed_proposers)):
+            self.record(ctx, addr, RepEvent.VALIDATOR_FAILED_PROPOSAL)
         punished: set[bytes] = set()  # several vote pairs in one block: one entry
         for evidence in block.evidence:
             if evidence.validator not in punished:

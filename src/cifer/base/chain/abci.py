@@ -7,6 +7,7 @@ deterministic given the committed state and the arguments.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import msgspec
@@ -94,11 +95,19 @@ class Application(Protocol):
         """Choose and order txs for a block this node proposes (may add its own)."""
         ...
 
-    def process_proposal(self, block: Block) -> ProcessResult:
-        """Judge another proposer's block; a rejected block gets a nil prevote."""
+    def process_proposal(
+        self, block: Block, failed_proposers: Sequence[bytes] = ()
+    ) -> ProcessResult:
+        """Judge another proposer's block; a rejected block gets a nil prevote.
+
+        ``failed_proposers``: who proposed in the previous height's failed rounds (see
+        ``BlockExecutor.failed_proposers``); the same list reaches finalize_block.
+        """
         ...
 
-    def finalize_block(self, block: Block) -> FinalizeResult:
+    def finalize_block(
+        self, block: Block, failed_proposers: Sequence[bytes] = ()
+    ) -> FinalizeResult:
         """Execute a decided block into a pending state; nothing is durable until commit."""
         ...
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from cifer.base import encoding
 from cifer.base.chain.abci import Application, FinalizeResult, TxResult, ValidatorUpdate
 from cifer.base.chain.genesis import ConsensusParams, Genesis
@@ -58,6 +60,9 @@ class ChainState(Canonical, frozen=True):
     priorities: list[Priority]  # proposer priorities of ``validators`` at round 0
     history: list[ValidatorsAt]  # recent validator sets, for evidence checks
     evidence_seen: list[bytes]  # offenses already punished (see DuplicateVoteEvidence.offense)
+    #: round-0 priorities of height ``last_height``: with the next block's ``last_commit.round``
+    #: they name who proposed in that height's failed rounds (empty in older data dirs)
+    last_priorities: list[Priority] = msgspec.field(default_factory=list)
 
 
 class ChainStateStore:
@@ -126,6 +131,11 @@ class ProposerRotation:
         while len(self.cache) <= round:
             self.cache.append(increment_priorities(self.vset, self.prios))
         return self.cache[round]
+
+
+def _rotation_cycle(vset: ValidatorSet) -> int:
+    """Rounds worth walking: every validator has proposed within ``total_power`` rounds."""
+    return min(vset.total_power, 64 * len(vset.validators))
 
 
 def _center(prios: dict[bytes, int]) -> None:
@@ -198,6 +208,26 @@ class BlockExecutor:
         return ProposerRotation(
             self.validator_set(), {p.address: p.priority for p in self.state.priorities}, []
         )
+
+    def failed_proposers(self, block: Block) -> list[bytes]:
+        """Proposers of the rounds of the previous height that decided nothing, sorted.
+
+        ``block.last_commit.round`` is R, the round in which height h-1 was decided; rounds
+        0..R-1 failed because their proposer sent an invalid block, sent none, or sent it
+        too late. Only the committed block and the chain state enter, so every node (and a
+        replay) derives the same list; the local commit's round would not be deterministic.
+        """
+        s = self.state
+        lc = block.last_commit
+        if lc is None or lc.round == 0 or not s.last_priorities:
+            return []
+        vset = self.validators_at(s.last_height)
+        if vset is None:
+            return []
+        rotation = ProposerRotation(vset, {p.address: p.priority for p in s.last_priorities}, [])
+        # a validator appears once however often it failed; bound the walk for long outages
+        rounds = min(lc.round, _rotation_cycle(vset))
+        return sorted({rotation(r) for r in range(rounds)})
 
     # -------------------------------------------------------------- proposing
 
@@ -285,7 +315,7 @@ class BlockExecutor:
             if e.offense() in seen:
                 raise ValidationError("block carries two pieces of evidence for one offense")
             seen.add(e.offense())
-        res = self.app.process_proposal(block)
+        res = self.app.process_proposal(block, self.failed_proposers(block))
         if not res.accept:
             raise ValidationError(f"application rejected the block: {res.reason}")
 
@@ -322,7 +352,7 @@ class BlockExecutor:
         """Persist and execute a decided block; returns the application's results."""
         if self.blocks.height < block.header.height:
             self.blocks.save(block, commit)
-        result = self.app.finalize_block(block)
+        result = self.app.finalize_block(block, self.failed_proposers(block))
         self._results.save(block.header.height, result)
         self.app.commit()
         self._advance(block, result)
@@ -360,6 +390,7 @@ class BlockExecutor:
             evidence_seen=self._prune_seen(
                 [*s.evidence_seen, *(e.offense() for e in block.evidence)], h
             ),
+            last_priorities=list(s.priorities),
         )
         self._states.save(self.state)
 

@@ -9,6 +9,7 @@ proposals that carry malformed txs.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from cifer.base.chain.abci import (
     AppInfo,
@@ -65,14 +66,18 @@ class KVStoreApp:
                 total += len(tx)
         return out
 
-    def process_proposal(self, block: Block) -> ProcessResult:
+    def process_proposal(
+        self, block: Block, failed_proposers: Sequence[bytes] = ()
+    ) -> ProcessResult:
         for i, tx in enumerate(block.txs):
             reason = check_kv(tx)
             if reason:
                 return ProcessResult(False, f"tx {i}: {reason}")
         return ProcessResult(True)
 
-    def finalize_block(self, block: Block) -> FinalizeResult:
+    def finalize_block(
+        self, block: Block, failed_proposers: Sequence[bytes] = ()
+    ) -> FinalizeResult:
         writes: dict[bytes, bytes] = {}
         h = hashlib.sha256(b"kvstore/block" + self.app_hash)
         h.update(block.header.height.to_bytes(8, "big"))
