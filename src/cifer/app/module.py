@@ -170,6 +170,11 @@ class Module:
         """Apply a system message (already verified, or part of a committed block)."""
         raise MsgError(f"module {self.name!r} has no system messages", Code.UNKNOWN_MSG)
 
+    def system_matches(self, got: Canonical, expected: Canonical) -> bool:
+        """Whether a proposer's system message equals this validator's recomputation.
+        Byte equality unless a module knows a field is allowed a stated tolerance."""
+        return encoding.encode(got) == encoding.encode(expected)
+
     def admissible(self, ctx: Context, msg: Canonical, sender: bytes) -> str:
         """Checks outside state (only where ``ctx.external``): "" or why a block may not
         contain ``msg``. Unlike a MsgError this makes the whole tx inadmissible, so the

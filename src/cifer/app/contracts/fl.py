@@ -44,6 +44,25 @@ import msgspec
 
 from cifer.app.contracts.bank import TOTAL_SUPPLY, BankModule
 from cifer.app.contracts.consent import ConsentModule
+from cifer.app.contracts.fl_privacy import (
+    ADVERTISE,
+    CKKS,
+    INPUT,
+    MAX_PAYLOAD,
+    PHASES,
+    PLAIN,
+    SECAGG,
+    SHARE,
+    UNMASK,
+    PrivacyError,
+    PublishContext,
+    SecAggMsg,
+    check_enc_key,
+    epsilon_close,
+    key_holder,
+    secagg_round,
+    validate_job,
+)
 from cifer.app.contracts.licensing import LicensingModule
 from cifer.app.contracts.registry import (
     BPS,
@@ -68,12 +87,24 @@ from cifer.app.state import StateOverlay
 from cifer.base import encoding
 from cifer.base.chain.types import AnyMsg
 from cifer.base.crypto.keys import ADDRESS_LEN, to_bech32
-from cifer.base.encoding import Canonical
+from cifer.base.encoding import Canonical, EncodingError
+from cifer.compute.privacy.ckks import CkksParams, ContextInfo
+from cifer.compute.privacy.dp import DpConfig
+from cifer.compute.privacy.secagg import (
+    AdvertiseKeys,
+    MessageError,
+    SecAggParams,
+    SecAggRound,
+    ShareKeys,
+    UnmaskShares,
+    check_advertise,
+    check_share_keys,
+    check_unmask,
+)
 
 M = TypeVar("M", bound=Module)
 
 ESCROW: Final = module_address("fl")
-PRIVACY_MODES: Final = ("plain",)
 MAX_ROUNDS: Final = 10_000
 MAX_CLIENTS: Final = 1_000
 MAX_SAMPLES: Final = 10**9
@@ -90,6 +121,13 @@ _ROUND: Final = b"fl/round/"
 _ACTIVE: Final = b"fl/active/"
 _PROV: Final = b"fl/prov/"
 _ESCROW_TOTAL: Final = b"fl/escrow_total"
+_CTX: Final = b"fl/ctx/"  # ckks: the key holder's PublishContext
+_SA: Final = b"fl/sa/"  # secagg phase messages: job, round, phase, sender -> payload
+_PHASE_TYPES: Final[dict[int, type[Canonical]]] = {
+    ADVERTISE: AdvertiseKeys,
+    SHARE: ShareKeys,
+    UNMASK: UnmaskShares,
+}
 
 
 # ------------------------------------------------------------------ messages
@@ -122,6 +160,12 @@ class CreateJob(Canonical, frozen=True):
     #: joining client must declare one of them and hold consent for it.
     assets: list[bytes] = msgspec.field(default_factory=list)
     licences: list[int] = msgspec.field(default_factory=list)
+    #: Parameter count of the model: secagg and ckks vectors are checked against it.
+    model_params: int = 0
+    secagg: SecAggParams | None = None
+    ckks: CkksParams | None = None  # None: the defaults of CkksParams
+    #: Client-level DP (distributed noise; see fl_privacy): epsilon is recorded per round.
+    dp: DpConfig | None = None
 
 
 class JoinJob(Canonical, frozen=True):
@@ -129,6 +173,8 @@ class JoinJob(Canonical, frozen=True):
     #: The dataset the client trains on: a registered asset id (or its content hash), or
     #: the SHA-256 of a private dataset. Empty if undeclared (only in jobs without assets).
     dataset: bytes = b""
+    #: X25519 public key the ckks key holder seals the job's secret context to.
+    enc_key: bytes = b""
 
 
 class SubmitUpdate(Canonical, frozen=True):
@@ -148,6 +194,10 @@ class Aggregate(Canonical, frozen=True):
     accepted: list[bool]
     agreement_ppm: list[int]  # cosine of each update with the aggregate, in [-1e6, 1e6]
     stragglers: list[bytes]
+    epsilon_micro: int = 0  # dp jobs: cumulative epsilon after this round, rounded up
+    #: secagg: clients the protocol blamed (tampered or inconsistent shares)
+    blamed: list[bytes] = msgspec.field(default_factory=list)
+    failure: str = ""  # secagg: why the sum could not be unmasked (the model stays)
 
 
 # ------------------------------------------------------------------ state
@@ -158,8 +208,15 @@ class JobStatus:
     RUNNING = 1
     CLOSING = 2  # round closed; the next block must carry its Aggregate
     DONE = 3
+    KEYS = 4  # ckks: roster full, waiting for the key holder's PublishContext
 
-    NAMES: ClassVar[dict[int, str]] = {0: "open", 1: "running", 2: "closing", 3: "done"}
+    NAMES: ClassVar[dict[int, str]] = {
+        0: "open",
+        1: "running",
+        2: "closing",
+        3: "done",
+        4: "keys",
+    }
 
 
 class Job(Canonical, frozen=True):
@@ -174,16 +231,22 @@ class Job(Canonical, frozen=True):
     members: int
     created: int
     finished: int = 0
+    phase: int = 0  # secagg: the current round's phase (fl_privacy.PHASES)
+    phase_start: int = 0  # secagg phases and ckks key setup: height the step opened
+    ckks_context: ContextInfo | None = None  # ckks: the published context
+    epsilon_micro: int = 0  # dp: cumulative epsilon so far
+    note: str = ""  # why a job ended early
 
     @property
     def deadline(self) -> int:
-        """Last height at which the current round accepts updates."""
-        return self.round_start + self.spec.round_blocks - 1
+        """Last height at which the current round (secagg: phase) accepts messages."""
+        return (self.phase_start or self.round_start) + self.spec.round_blocks - 1
 
 
 class Member(Canonical, frozen=True):
     joined: int
     dataset: bytes
+    enc_key: bytes = b""
 
 
 class UpdateRecord(Canonical, frozen=True):
@@ -203,6 +266,9 @@ class RoundRecord(Canonical, frozen=True):
     proposer: bytes
     proposer_paid: int
     height: int
+    epsilon_micro: int = 0
+    blamed: list[bytes] = msgspec.field(default_factory=list)
+    failure: str = ""
 
 
 class Provenance(Canonical, frozen=True):
@@ -230,16 +296,44 @@ class AggregateOutcome(msgspec.Struct, frozen=True):
     model: bytes
     accepted: list[bool]
     agreement_ppm: list[int]
+    blamed: list[bytes] = msgspec.field(default_factory=list)
+    failure: str = ""
+
+
+class SecAggInputs(msgspec.Struct, frozen=True):
+    """A secagg round's committed phase messages, as the engine unmasks them."""
+
+    round: SecAggRound
+    adverts: list[AdvertiseKeys]
+    shares: list[ShareKeys]
+    masked: list[UpdateRef]
+    reveals: list[UnmaskShares]
 
 
 class FlEngine(Protocol):
     """What the contract needs from outside state (blobs, NumPy): see cifer.app.fl_engine."""
 
-    def check_update(self, job: Job, update: bytes) -> str:
-        """ "" if the blob is held (fetched if need be) and fits the job's model, else why."""
+    def check_update(
+        self, job: Job, update: bytes, sender: bytes, secagg: tuple[SecAggRound, set[int]] | None
+    ) -> str:
+        """ "" if the blob is held (fetched if need be) and fits the job's model and
+        privacy mode (secagg: the round and the dealers who shared keys), else why."""
+
+    def check_model_size(self, spec: CreateJob) -> str:
+        """ "" if the initial model blob has ``spec.model_params`` parameters, else why."""
+
+    def check_context(self, job: Job, msg: PublishContext, enc_keys: dict[bytes, bytes]) -> str:
+        """ "" if the ckks public context and the sealed key shares are usable, else why."""
 
     def aggregate(self, job: Job, updates: list[UpdateRef]) -> AggregateOutcome:
-        """Run the job's rule; store the new model blob; raise SystemUnavailable."""
+        """Run the job's rule (ckks: add the ciphertexts); store the result blob; raise
+        SystemUnavailable."""
+
+    def aggregate_secagg(self, job: Job, inputs: SecAggInputs) -> AggregateOutcome:
+        """Unmask the exact sum, move the model on and store it; raise SystemUnavailable."""
+
+    def epsilon_micro(self, dp: DpConfig, survivors: list[int]) -> int:
+        """Cumulative epsilon of rounds with these numbers of contributions, rounded up."""
 
 
 def _job_key(job_id: int) -> bytes:
@@ -284,6 +378,8 @@ class FlModule(Module):
         "fl/CreateJob": CreateJob,
         "fl/JoinJob": JoinJob,
         "fl/SubmitUpdate": SubmitUpdate,
+        "fl/SecAgg": SecAggMsg,
+        "fl/PublishContext": PublishContext,
     }
     system_msgs: ClassVar[dict[str, type[Canonical]]] = {"fl/Aggregate": Aggregate}
 
@@ -320,6 +416,44 @@ class FlModule(Module):
         ]
 
     @staticmethod
+    def phase_msgs(state: StateOverlay, job_id: int, round_: int, phase: int) -> list[bytes]:
+        """A secagg phase's committed payloads, in sender order."""
+        prefix = _round_prefix(_SA, job_id, round_) + bytes([phase])
+        return [raw for _, raw in state.iter_prefix(prefix)]
+
+    @classmethod
+    def phase_senders(
+        cls, state: StateOverlay, job_id: int, round_: int, phase: int
+    ) -> list[bytes]:
+        if phase == INPUT:
+            return [a for a, _ in cls.updates(state, job_id, round_)]
+        prefix = _round_prefix(_SA, job_id, round_) + bytes([phase])
+        return [k[len(prefix) :] for k, _ in state.iter_prefix(prefix)]
+
+    def secagg_round(self, ctx: Context, job: Job) -> SecAggRound:
+        spec = job.spec
+        assert spec.secagg is not None
+        return secagg_round(
+            ctx.chain_id,
+            job_id=job.id,
+            round_=job.round,
+            model=job.model,
+            params=spec.secagg,
+            roster=self.members(ctx.state, job.id),
+            length=spec.model_params,
+        )
+
+    @classmethod
+    def secagg_phase(cls, state: StateOverlay, job: Job, phase: int) -> list[Any]:
+        typ = _PHASE_TYPES[phase]
+        return [_decode(raw, typ) for raw in cls.phase_msgs(state, job.id, job.round, phase)]
+
+    @staticmethod
+    def context(state: StateOverlay, job_id: int) -> PublishContext | None:
+        raw = state.get(_CTX + job_id.to_bytes(8, "big"))
+        return None if raw is None else _decode(raw, PublishContext)
+
+    @staticmethod
     def round_record(state: StateOverlay, job_id: int, round_: int) -> RoundRecord | None:
         raw = state.get(_round_prefix(_ROUND, job_id, round_))
         return None if raw is None else _decode(raw, RoundRecord)
@@ -339,6 +473,28 @@ class FlModule(Module):
                 raise MsgError("job_id must be >= 1", Code.INVALID_MSG)
             if msg.dataset and len(msg.dataset) != 32:
                 raise MsgError("dataset must be a 32-byte SHA-256 or empty", Code.INVALID_MSG)
+            if msg.enc_key:
+                try:
+                    check_enc_key(msg.enc_key)
+                except PrivacyError as exc:
+                    raise MsgError(str(exc), Code.INVALID_MSG) from None
+        elif isinstance(msg, SecAggMsg):
+            if msg.job_id < 1 or msg.round < 0:
+                raise MsgError("job_id must be >= 1 and round >= 0", Code.INVALID_MSG)
+            if msg.phase not in _PHASE_TYPES:
+                raise MsgError(
+                    "secagg phase must be 0 (advertise), 1 (share) or 3 (unmask); masked "
+                    "input (2) is an update blob sent with fl/SubmitUpdate",
+                    Code.INVALID_MSG,
+                )
+            if not 0 < len(msg.payload) <= MAX_PAYLOAD:
+                raise MsgError(f"secagg payload must be 1..{MAX_PAYLOAD} bytes", Code.INVALID_MSG)
+        elif isinstance(msg, PublishContext):
+            if msg.job_id < 1 or len(msg.key_shares) != 32:
+                raise MsgError(
+                    "PublishContext needs job_id >= 1 and the 32-byte hash of the key bundle",
+                    Code.INVALID_MSG,
+                )
         elif isinstance(msg, SubmitUpdate):
             if msg.job_id < 1 or msg.round < 0:
                 raise MsgError("job_id must be >= 1 and round >= 0", Code.INVALID_MSG)
@@ -348,12 +504,38 @@ class FlModule(Module):
                 raise MsgError(f"samples must be in 1..{MAX_SAMPLES}", Code.INVALID_MSG)
 
     def admissible(self, ctx: Context, msg: Canonical, sender: bytes) -> str:
-        if not isinstance(msg, SubmitUpdate):
+        if self.engine is None:
+            return ""
+        if isinstance(msg, CreateJob):
+            if msg.privacy == PLAIN:
+                return ""
+            return self.engine.check_model_size(msg)
+        if not isinstance(msg, SubmitUpdate | PublishContext):
             return ""
         job = self.job(ctx.state, msg.job_id)
-        if job is None or self.engine is None:
+        if job is None:
             return ""  # handle() rejects an unknown job deterministically
-        return self.engine.check_update(job, msg.update)
+        if isinstance(msg, PublishContext):
+            if job.spec.privacy != CKKS or job.status != JobStatus.KEYS:
+                return ""  # handle() says why
+            keys = {a: self._enc_key(ctx.state, job.id, a) for a in self.members(ctx.state, job.id)}
+            return self.engine.check_context(job, msg, keys)
+        secagg = None
+        if job.spec.privacy == SECAGG:
+            if job.status != JobStatus.RUNNING or msg.round != job.round or job.phase != INPUT:
+                return ""  # handle() says why
+            rnd = self.secagg_round(ctx, job)
+            dealt = {
+                rnd.index[a]
+                for a in self.phase_senders(ctx.state, job.id, job.round, SHARE)
+                if a in rnd.index
+            }
+            secagg = (rnd, dealt)
+        return self.engine.check_update(job, msg.update, sender, secagg)
+
+    def _enc_key(self, state: StateOverlay, job_id: int, addr: bytes) -> bytes:
+        m = self.member(state, job_id, addr)
+        return b"" if m is None else m.enc_key
 
     def handle(self, ctx: Context, msg: Canonical, sender: bytes) -> None:
         if isinstance(msg, CreateJob):
@@ -362,6 +544,10 @@ class FlModule(Module):
             self._join(ctx, msg, sender)
         elif isinstance(msg, SubmitUpdate):
             self._submit(ctx, msg, sender)
+        elif isinstance(msg, SecAggMsg):
+            self._secagg_msg(ctx, msg, sender)
+        elif isinstance(msg, PublishContext):
+            self._publish_context(ctx, msg, sender)
         else:
             raise MsgError(f"fl does not handle {type(msg).__name__}", Code.UNKNOWN_MSG)
 
@@ -466,6 +652,17 @@ class FlModule(Module):
         job = self._require_job(state, msg.job_id)
         if job.status == JobStatus.DONE:
             raise MsgError(f"job {job.id} is finished")
+        private = job.spec.privacy != PLAIN
+        if private and job.status != JobStatus.OPEN:
+            raise MsgError(
+                f"job {job.id} is {job.spec.privacy}: its roster was fixed when it started"
+            )
+        if job.spec.privacy == CKKS and not msg.enc_key:
+            raise MsgError(
+                f"job {job.id} is ckks: JoinJob must carry an enc_key (X25519) for the "
+                "key holder to seal the job's secret key to",
+                Code.INVALID_MSG,
+            )
         if self.member(state, job.id, sender) is not None:
             raise MsgError(f"{to_bech32(sender)} already joined job {job.id}")
         if job.members >= job.spec.max_clients:
@@ -480,7 +677,10 @@ class FlModule(Module):
             if reason:
                 raise MsgError(f"cannot join job {job.id}: {reason}", Code.UNAUTHORIZED)
         self._check_consent(ctx, job, msg.dataset, sender)
-        state.set_obj(_MEMBER + job.id.to_bytes(8, "big") + sender, Member(ctx.height, msg.dataset))
+        state.set_obj(
+            _MEMBER + job.id.to_bytes(8, "big") + sender,
+            Member(ctx.height, msg.dataset, msg.enc_key),
+        )
         self._put(state, msgspec.structs.replace(job, members=job.members + 1))
         ctx.emit("fl_join", job_id=job.id, client=sender)
 
@@ -496,15 +696,125 @@ class FlModule(Module):
                 f"{'closed' if msg.round < job.round else 'not open yet'}; "
                 f"the current round is {job.round}"
             )
+        if job.spec.privacy == SECAGG and job.phase != INPUT:
+            raise MsgError(
+                f"job {job.id} round {job.round} is in secagg phase {PHASES[job.phase]}; "
+                "masked input is taken in phase input"
+            )
         if ctx.height > job.deadline:
             raise MsgError(f"round {job.round} of job {job.id} closed at height {job.deadline}")
         if self.member(state, job.id, sender) is None:
             raise MsgError(f"{to_bech32(sender)} has not joined job {job.id}", Code.UNAUTHORIZED)
+        if job.spec.privacy == SECAGG and sender not in self.phase_senders(
+            state, job.id, job.round, SHARE
+        ):
+            raise MsgError(
+                f"{to_bech32(sender)} did not share its keys in round {job.round}, so its "
+                "masked input could not be unmasked"
+            )
         key = _round_prefix(_UPD, job.id, job.round) + sender
         if state.has(key):
             raise MsgError(f"{to_bech32(sender)} already submitted for round {job.round}")
         state.set_obj(key, UpdateRecord(msg.update, msg.samples, ctx.height))
         ctx.emit("fl_update", job_id=job.id, round=job.round, client=sender, update=msg.update)
+
+    def _secagg_msg(self, ctx: Context, msg: SecAggMsg, sender: bytes) -> None:
+        """Admit one secagg phase message with the protocol's own checks (deterministic:
+        hashes and X25519 only), so a malformed one is refused with its reason."""
+        state = ctx.state
+        job = self._require_job(state, msg.job_id)
+        if job.spec.privacy != SECAGG:
+            raise MsgError(f"job {job.id} is {job.spec.privacy}, not secagg")
+        if job.status != JobStatus.RUNNING or msg.round != job.round:
+            raise MsgError(
+                f"job {job.id} is not in round {msg.round} (status "
+                f"{JobStatus.NAMES[job.status]}, round {job.round})"
+            )
+        name = PHASES[msg.phase]
+        if msg.phase != job.phase:
+            raise MsgError(
+                f"secagg phase {name} of job {job.id} round {job.round} is "
+                f"{'closed' if msg.phase < job.phase else 'not open yet'}; "
+                f"the current phase is {PHASES[job.phase]}"
+            )
+        if ctx.height > job.deadline:
+            raise MsgError(f"secagg phase {name} closed at height {job.deadline}")
+        if self.member(state, job.id, sender) is None:
+            raise MsgError(f"{to_bech32(sender)} has not joined job {job.id}", Code.UNAUTHORIZED)
+        key = _round_prefix(_SA, job.id, job.round) + bytes([msg.phase]) + sender
+        if state.has(key):
+            raise MsgError(f"{to_bech32(sender)} already sent its {name} message this round")
+        try:
+            inner = encoding.decode(msg.payload, _PHASE_TYPES[msg.phase])
+        except EncodingError as exc:
+            raise MsgError(f"secagg {name}: malformed payload: {exc}", Code.INVALID_MSG) from None
+        inner_sender = bytes(getattr(inner, "sender", b""))
+        if inner_sender != sender:
+            raise MsgError(
+                f"secagg {name}: the message names sender {inner_sender.hex()[:16]}…, "
+                f"but {to_bech32(sender)} signed it",
+                Code.UNAUTHORIZED,
+            )
+        rnd = self.secagg_round(ctx, job)
+        try:
+            if isinstance(inner, AdvertiseKeys):
+                check_advertise(rnd, inner)
+            elif isinstance(inner, ShareKeys):
+                adverts = {
+                    rnd.index[bytes(a.sender)]: a for a in self.secagg_phase(state, job, ADVERTISE)
+                }
+                check_share_keys(rnd, adverts, inner)
+            else:
+                assert isinstance(inner, UnmaskShares)
+                dealt = {
+                    rnd.index[bytes(d.sender)]: d for d in self.secagg_phase(state, job, SHARE)
+                }
+                survivors = {
+                    rnd.index[a] for a in self.phase_senders(state, job.id, job.round, INPUT)
+                }
+                check_unmask(rnd, dealt, survivors, inner)
+        except MessageError as exc:
+            raise MsgError(f"secagg {name}: {exc}", Code.INVALID_MSG) from None
+        state.set(key, msg.payload)
+        ctx.emit("fl_secagg", job_id=job.id, round=job.round, phase=name, client=sender)
+
+    def _publish_context(self, ctx: Context, msg: PublishContext, sender: bytes) -> None:
+        state = ctx.state
+        job = self._require_job(state, msg.job_id)
+        if job.spec.privacy != CKKS:
+            raise MsgError(f"job {job.id} is {job.spec.privacy}, not ckks")
+        if job.status != JobStatus.KEYS:
+            raise MsgError(f"job {job.id} is not waiting for its keys")
+        holder = key_holder(self.members(state, job.id))
+        if sender != holder:
+            raise MsgError(
+                f"job {job.id}'s key holder is {to_bech32(holder)} (the member with the "
+                "smallest address)",
+                Code.UNAUTHORIZED,
+            )
+        if msg.info.params != (job.spec.ckks or CkksParams()):
+            raise MsgError(f"the context's CKKS parameters are not job {job.id}'s")
+        state.set_obj(_CTX + job.id.to_bytes(8, "big"), msg)
+        self._put(
+            state,
+            msgspec.structs.replace(
+                job,
+                status=JobStatus.RUNNING,
+                ckks_context=msg.info,
+                round_start=ctx.height + 1,
+                phase_start=0,
+            ),
+        )
+        ctx.emit(
+            "fl_context",
+            job_id=job.id,
+            context=msg.info.context_id,
+            public_context=msg.info.public_context_sha256,
+            key_shares=msg.key_shares,
+        )
+        ctx.emit(
+            "fl_round_open", job_id=job.id, round=0, deadline=ctx.height + job.spec.round_blocks
+        )
 
     # ------------------------------------------------------------ rounds
 
@@ -523,10 +833,25 @@ class FlModule(Module):
         state = ctx.state
         for job in self.active_jobs(state):
             if job.status == JobStatus.OPEN and job.members >= job.spec.min_clients:
+                if job.spec.privacy == CKKS:
+                    self._put(
+                        state,
+                        msgspec.structs.replace(
+                            job, status=JobStatus.KEYS, phase_start=ctx.height + 1
+                        ),
+                    )
+                    holder = key_holder(self.members(state, job.id))
+                    ctx.emit("fl_keys_wanted", job_id=job.id, holder=holder)
+                    continue
+                secagg = job.spec.privacy == SECAGG
                 self._put(
                     state,
                     msgspec.structs.replace(
-                        job, status=JobStatus.RUNNING, round_start=ctx.height + 1
+                        job,
+                        status=JobStatus.RUNNING,
+                        round_start=ctx.height + 1,
+                        phase=ADVERTISE,
+                        phase_start=ctx.height + 1 if secagg else 0,
                     ),
                 )
                 ctx.emit(
@@ -535,6 +860,15 @@ class FlModule(Module):
                     round=0,
                     deadline=ctx.height + job.spec.round_blocks,
                 )
+            elif job.status == JobStatus.KEYS and ctx.height >= job.deadline:
+                self._fail(
+                    ctx,
+                    job,
+                    f"the key holder {to_bech32(key_holder(self.members(state, job.id)))} "
+                    f"did not publish the ckks context by height {job.deadline}",
+                )
+            elif job.status == JobStatus.RUNNING and job.spec.privacy == SECAGG:
+                self._secagg_step(ctx, job)
             elif job.status == JobStatus.RUNNING:
                 submitted = len(self.updates(state, job.id, job.round))
                 if submitted >= job.members or ctx.height >= job.deadline:
@@ -547,8 +881,58 @@ class FlModule(Module):
                         self._empty_round(ctx, job)
         return []
 
-    def _empty_round(self, ctx: Context, job: Job) -> None:
-        stragglers = self.members(ctx.state, job.id)
+    def _secagg_step(self, ctx: Context, job: Job) -> None:
+        """Close the current phase when everyone expected has spoken or its deadline
+        passed; a round whose phase ends with fewer than ``threshold`` participants
+        cannot be unmasked and closes empty."""
+        state = ctx.state
+        phase = job.phase
+        expected = (
+            self.members(state, job.id)
+            if phase == ADVERTISE
+            else self.phase_senders(state, job.id, job.round, phase - 1)
+        )
+        got = self.phase_senders(state, job.id, job.round, phase)
+        if len(got) < len(expected) and ctx.height < job.deadline:
+            return
+        assert job.spec.secagg is not None
+        need = job.spec.secagg.threshold
+        if phase == UNMASK:
+            self._put(state, msgspec.structs.replace(job, status=JobStatus.CLOSING))
+            ctx.emit("fl_round_closed", job_id=job.id, round=job.round, updates=len(expected))
+            return
+        if len(got) < need:
+            ctx.emit(
+                "fl_round_failed",
+                job_id=job.id,
+                round=job.round,
+                reason=f"only {len(got)} clients completed secagg phase {PHASES[phase]}, "
+                f"fewer than the threshold {need}",
+            )
+            done = set(got)
+            self._empty_round(ctx, job, [a for a in self.members(state, job.id) if a not in done])
+            return
+        self._put(state, msgspec.structs.replace(job, phase=phase + 1, phase_start=ctx.height + 1))
+        ctx.emit("fl_secagg_phase", job_id=job.id, round=job.round, phase=PHASES[phase + 1])
+
+    def _fail(self, ctx: Context, job: Job, reason: str) -> None:
+        """End a job early: refund what is left in escrow and say why."""
+        state = ctx.state
+        if job.escrow_left > 0:
+            BankModule.transfer(ctx, ESCROW, job.creator, job.escrow_left, what="escrow refund")
+            state.set_int(_ESCROW_TOTAL, state.get_int(_ESCROW_TOTAL) - job.escrow_left)
+        self._put(
+            state,
+            msgspec.structs.replace(
+                job, status=JobStatus.DONE, escrow_left=0, finished=ctx.height, note=reason
+            ),
+        )
+        state.delete(_ACTIVE + job.id.to_bytes(8, "big"))
+        ctx.emit("fl_job_failed", job_id=job.id, reason=reason)
+
+    def _empty_round(self, ctx: Context, job: Job, stragglers: list[bytes] | None = None) -> None:
+        if stragglers is None:
+            stragglers = self.members(ctx.state, job.id)
         rep = _reputation(ctx)
         if rep is not None:
             for a in stragglers:
@@ -569,6 +953,8 @@ class FlModule(Module):
                     round=nxt,
                     round_start=ctx.height + 1,
                     model=model,
+                    phase=ADVERTISE,
+                    phase_start=ctx.height + 1 if job.spec.privacy == SECAGG else 0,
                 ),
             )
             return
@@ -690,10 +1076,25 @@ class FlModule(Module):
                 UpdateRef(a, u.update, u.samples, rep.score(ctx.state, a) if rep else 1_000_000)
                 for a, u in ups
             ]
-            outcome = self.engine.aggregate(job, refs)
+            if job.spec.privacy == SECAGG:
+                inputs = SecAggInputs(
+                    self.secagg_round(ctx, job),
+                    self.secagg_phase(ctx.state, job, ADVERTISE),
+                    self.secagg_phase(ctx.state, job, SHARE),
+                    refs,
+                    self.secagg_phase(ctx.state, job, UNMASK),
+                )
+                outcome = self.engine.aggregate_secagg(job, inputs)
+            else:
+                outcome = self.engine.aggregate(job, refs)
             clients = [a for a, _ in ups]
             done = set(clients)
             stragglers = [a for a in self.members(ctx.state, job.id) if a not in done]
+            eps = job.epsilon_micro
+            if job.spec.dp is not None and not outcome.failure:
+                eps = self.engine.epsilon_micro(
+                    job.spec.dp, [*self._past_contributions(ctx.state, job), sum(outcome.accepted)]
+                )
             out.append(
                 Aggregate(
                     job.id,
@@ -703,9 +1104,30 @@ class FlModule(Module):
                     list(outcome.accepted),
                     list(outcome.agreement_ppm),
                     stragglers,
+                    eps,
+                    list(outcome.blamed),
+                    outcome.failure,
                 )
             )
         return out
+
+    def _past_contributions(self, state: StateOverlay, job: Job) -> list[int]:
+        """Accepted updates per earlier round that produced an aggregate (for the accountant)."""
+        out = []
+        for r in range(job.round):
+            rec = self.round_record(state, job.id, r)
+            if rec is not None and rec.clients and not rec.failure:
+                out.append(sum(rec.accepted))
+        return out
+
+    def system_matches(self, got: Canonical, expected: Canonical) -> bool:
+        """Aggregates must be identical except for epsilon, which may differ by 1 micro-
+        epsilon (floating-point special functions in the accountant; see fl_privacy)."""
+        if isinstance(got, Aggregate) and isinstance(expected, Aggregate):
+            return epsilon_close(got.epsilon_micro, expected.epsilon_micro) and encoding.encode(
+                msgspec.structs.replace(got, epsilon_micro=0)
+            ) == encoding.encode(msgspec.structs.replace(expected, epsilon_micro=0))
+        return super().system_matches(got, expected)
 
     def handle_system(self, ctx: Context, msg: Canonical) -> None:
         if not isinstance(msg, Aggregate):
@@ -720,6 +1142,12 @@ class FlModule(Module):
         n = len(ups)
         if len(msg.accepted) != n or len(msg.agreement_ppm) != n or len(msg.model) != 32:
             raise MsgError("aggregate fields do not match the number of submitted updates")
+        if msg.failure and (any(msg.accepted) or msg.model != job.model):
+            raise MsgError("a failed aggregate accepts no update and keeps the model")
+        if job.spec.dp is None and msg.epsilon_micro:
+            raise MsgError("aggregate reports epsilon for a job without dp")
+        if msg.epsilon_micro < job.epsilon_micro:
+            raise MsgError("epsilon cannot decrease")
         rep = _reputation(ctx)
         samples = capped_samples([u.samples for _, u in ups])
         # rewards
@@ -764,6 +1192,10 @@ class FlModule(Module):
                     rep.record(ctx, a, RepEvent.CLIENT_REJECTED, job_id=job.id, round=job.round)
             for a in msg.stragglers:
                 rep.record(ctx, a, RepEvent.CLIENT_STRAGGLER, job_id=job.id, round=job.round)
+            members = set(self.members(state, job.id))
+            for a in sorted(set(msg.blamed) & (members - set(msg.clients))):
+                rep.record(ctx, a, RepEvent.CLIENT_REJECTED, job_id=job.id, round=job.round)
+        job = msgspec.structs.replace(job, epsilon_micro=msg.epsilon_micro)
         record = RoundRecord(
             job.round,
             msg.model,
@@ -775,6 +1207,9 @@ class FlModule(Module):
             proposer,
             proposer_paid,
             ctx.height,
+            msg.epsilon_micro,
+            msg.blamed,
+            msg.failure,
         )
         state.set_obj(_round_prefix(_ROUND, job.id, job.round), record)
         ctx.emit(
@@ -785,6 +1220,8 @@ class FlModule(Module):
             accepted=sum(msg.accepted),
             rejected=n - sum(msg.accepted),
             stragglers=len(msg.stragglers),
+            epsilon_micro=msg.epsilon_micro,
+            failure=msg.failure,
         )
         self._advance(ctx, job, msg.model)
 
@@ -838,11 +1275,22 @@ def _validate_create(msg: CreateJob) -> None:
             len(k) > 64 or len(v) > MAX_TEXT for k, v in d.items()
         ):
             raise bad(f"{label}: at most {MAX_PARAM_ENTRIES} short entries")
-    if msg.privacy not in PRIVACY_MODES:
-        raise bad(
-            f"privacy mode {msg.privacy!r} is not available on chain yet; "
-            f"supported: {', '.join(PRIVACY_MODES)}"
+    try:
+        validate_job(
+            privacy=msg.privacy,
+            rule=onchain_rule(msg.rule),
+            min_clients=msg.min_clients,
+            max_clients=msg.max_clients,
+            rounds=msg.rounds,
+            model_params=msg.model_params,
+            secagg=msg.secagg,
+            ckks=msg.ckks,
+            dp=msg.dp,
         )
+    except PrivacyError as exc:
+        raise bad(str(exc)) from None
+    if not 0 <= msg.model_params <= 10**9:
+        raise bad("model_params must be in 0..10^9")
     if not 1 <= msg.rounds <= MAX_ROUNDS:
         raise bad(f"rounds must be in 1..{MAX_ROUNDS}")
     if not 1 <= msg.min_clients <= msg.max_clients <= MAX_CLIENTS:

@@ -13,6 +13,7 @@ import msgspec
 from fastapi import FastAPI, HTTPException
 
 from cifer.app.contracts.fl import FlModule, Job, JobStatus, RoundRecord
+from cifer.app.contracts.fl_privacy import INPUT, PHASES, SECAGG, describe
 from cifer.app.contracts.reputation import ReputationModule
 from cifer.app.state import StateOverlay
 from cifer.base.crypto.keys import CryptoError, from_bech32, to_bech32
@@ -36,6 +37,14 @@ def job_json(job: Job, state: StateOverlay, height: int) -> dict[str, Any]:
         "rule_params": dict(s.rule_params),
         "byzantine": s.byzantine,
         "privacy": s.privacy,
+        "privacy_mode": describe(s.privacy, s.dp),
+        "model_params": s.model_params,
+        "secagg": msgspec.to_builtins(s.secagg) if s.secagg is not None else None,
+        "dp": msgspec.to_builtins(s.dp) if s.dp is not None else None,
+        "phase": PHASES[job.phase] if s.privacy == SECAGG else None,
+        "ckks_context": job.ckks_context.context_id.hex() if job.ckks_context else None,
+        "epsilon_micro": job.epsilon_micro if s.dp is not None else None,
+        "note": job.note,
         "rounds": s.rounds,
         "min_clients": s.min_clients,
         "max_clients": s.max_clients,
@@ -47,7 +56,7 @@ def job_json(job: Job, state: StateOverlay, height: int) -> dict[str, Any]:
         "status": JobStatus.NAMES[job.status],
         "round": job.round,
         "round_start": job.round_start,
-        "deadline": job.deadline if job.status != JobStatus.OPEN else None,
+        "deadline": job.deadline if job.status not in (JobStatus.OPEN, JobStatus.DONE) else None,
         "model_hash": job.model.hex(),
         "escrow_left": job.escrow_left,
         "members": job.members,
@@ -57,6 +66,12 @@ def job_json(job: Job, state: StateOverlay, height: int) -> dict[str, Any]:
         "finished": job.finished,
         "height": height,
     }
+
+
+def encoding_hex(obj: Any) -> str:
+    from cifer.base import encoding
+
+    return encoding.encode(obj).hex()
 
 
 def round_json(rec: RoundRecord) -> dict[str, Any]:
@@ -71,6 +86,9 @@ def round_json(rec: RoundRecord) -> dict[str, Any]:
         "proposer": to_bech32(rec.proposer) if rec.proposer else None,
         "proposer_paid": rec.proposer_paid,
         "height": rec.height,
+        "epsilon_micro": rec.epsilon_micro,
+        "blamed": [to_bech32(a) for a in rec.blamed],
+        "failure": rec.failure,
     }
 
 
@@ -102,6 +120,44 @@ def add_fl_routes(api: FastAPI, node: Node) -> None:
         if rec is None:
             raise HTTPException(404, f"round {round_} of job {job_id} has not closed")
         return round_json(rec)
+
+    @api.get(
+        "/fl/jobs/{job_id}/secagg/{round_}/{phase}",
+        summary="A secagg phase's committed messages (hex payloads by sender)",
+    )
+    async def secagg_phase(job_id: int, round_: int, phase: str) -> dict[str, Any]:
+        state, height = view()
+        job = get_job(state, job_id)
+        if job.spec.privacy != SECAGG:
+            raise HTTPException(400, f"job {job_id} is {job.spec.privacy}, not secagg")
+        if phase not in PHASES:
+            raise HTTPException(400, f"phase must be one of {', '.join(PHASES)}")
+        p = PHASES.index(phase)
+        senders = FlModule.phase_senders(state, job_id, round_, p)
+        payloads = [] if p == INPUT else FlModule.phase_msgs(state, job_id, round_, p)
+        return {
+            "job_id": job_id,
+            "round": round_,
+            "phase": phase,
+            "senders": [to_bech32(a) for a in senders],
+            "payloads": [raw.hex() for raw in payloads],
+            "height": height,
+        }
+
+    @api.get("/fl/jobs/{job_id}/context", summary="A ckks job's published context and key bundle")
+    async def ckks_context(job_id: int) -> dict[str, Any]:
+        state, _ = view()
+        get_job(state, job_id)
+        ctx = FlModule.context(state, job_id)
+        if ctx is None:
+            raise HTTPException(404, f"job {job_id} has no published ckks context")
+        return {
+            "job_id": job_id,
+            "info": encoding_hex(ctx.info),
+            "context_id": ctx.info.context_id.hex(),
+            "public_context": ctx.info.public_context_sha256.hex(),
+            "key_shares": ctx.key_shares.hex(),
+        }
 
     @api.get(
         "/fl/jobs/{job_id}/provenance",

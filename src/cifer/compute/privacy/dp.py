@@ -42,10 +42,8 @@ import math
 import secrets
 from typing import Any
 
-import dp_accounting
 import numpy as np
 import numpy.typing as npt
-from dp_accounting import rdp
 
 from cifer.base.encoding import Canonical
 
@@ -56,6 +54,15 @@ F32Array = npt.NDArray[np.float32]
 F64Array = npt.NDArray[np.float64]
 #: Shrink factor that keeps a clipped float32 row's norm at most C despite rounding.
 _CLIP_SAFETY = 1.0 - 4.0 * float(np.finfo(np.float32).eps)
+
+
+def _lib() -> Any:
+    """dp-accounting, imported on first use: it takes about a second, and the chain's
+    contracts import this module for :class:`DpConfig` alone."""
+    import dp_accounting
+    from dp_accounting import rdp  # noqa: F401  (loads the submodule)
+
+    return dp_accounting
 
 
 class DpError(ValueError):
@@ -269,10 +276,10 @@ def _event(noise_multiplier: float, sampling_rate: float) -> Any:
         raise DpError(f"noise multiplier must be finite and > 0, got {noise_multiplier}")
     if not 0 < sampling_rate <= 1:
         raise DpError(f"sampling rate must lie in (0, 1], got {sampling_rate}")
-    gaussian = dp_accounting.GaussianDpEvent(noise_multiplier)
+    gaussian = _lib().GaussianDpEvent(noise_multiplier)
     if sampling_rate == 1:
         return gaussian
-    return dp_accounting.PoissonSampledDpEvent(sampling_rate, gaussian)
+    return _lib().PoissonSampledDpEvent(sampling_rate, gaussian)
 
 
 def _check_delta(delta: float) -> None:
@@ -288,8 +295,8 @@ def epsilon(*, noise_multiplier: float, sampling_rate: float, steps: int, delta:
     event = _event(noise_multiplier, sampling_rate)
     if steps == 0:
         return 0.0
-    acc = rdp.RdpAccountant()
-    acc.compose(dp_accounting.SelfComposedDpEvent(event, steps))
+    acc = _lib().rdp.RdpAccountant()
+    acc.compose(_lib().SelfComposedDpEvent(event, steps))
     return float(acc.get_epsilon(delta))
 
 
@@ -310,14 +317,14 @@ def calibrate_noise_multiplier(
     _event(1.0, sampling_rate)  # validates the rate with our error type
 
     def make(z: float) -> Any:
-        return dp_accounting.SelfComposedDpEvent(_event(z, sampling_rate), steps)
+        return _lib().SelfComposedDpEvent(_event(z, sampling_rate), steps)
 
-    z = dp_accounting.calibrate_dp_mechanism(
-        rdp.RdpAccountant,
+    z = _lib().calibrate_dp_mechanism(
+        _lib().rdp.RdpAccountant,
         make,
         target_epsilon,
         delta,
-        bracket_interval=dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
+        bracket_interval=_lib().LowerEndpointAndGuess(1e-3, 1.0),
         tol=tol,
     )
     return float(z)
@@ -333,7 +340,7 @@ class JobAccountant:
     def __init__(self, config: DpConfig) -> None:
         config.validate()
         self.config = config
-        self._acc = rdp.RdpAccountant()
+        self._acc = _lib().rdp.RdpAccountant()
         self._rounds = 0
 
     @property
@@ -363,7 +370,7 @@ class JobAccountant:
         event = _event(z, q)
         self._acc.compose(event)
         self._rounds += 1
-        single = rdp.RdpAccountant()
+        single = _lib().rdp.RdpAccountant()
         single.compose(event)
         return DpRoundReport(
             round=round_,
