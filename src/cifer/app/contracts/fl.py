@@ -1349,8 +1349,8 @@ def create_job_msg(**fields: Any) -> AnyMsg:
     return pack("fl/CreateJob", CreateJob(**fields))
 
 
-def join_job_msg(job_id: int, dataset: bytes = b"") -> AnyMsg:
-    return pack("fl/JoinJob", JoinJob(job_id, dataset))
+def join_job_msg(job_id: int, dataset: bytes = b"", enc_key: bytes = b"") -> AnyMsg:
+    return pack("fl/JoinJob", JoinJob(job_id, dataset, enc_key))
 
 
 def submit_update_msg(job_id: int, round_: int, update: bytes, samples: int) -> AnyMsg:

@@ -13,7 +13,8 @@ import msgspec
 from fastapi import FastAPI, HTTPException
 
 from cifer.app.contracts.fl import FlModule, Job, JobStatus, RoundRecord
-from cifer.app.contracts.fl_privacy import INPUT, PHASES, SECAGG, describe
+from cifer.app.contracts.fl_privacy import CKKS, INPUT, PHASES, SECAGG, describe
+from cifer.compute.privacy.ckks import CkksParams
 from cifer.app.contracts.reputation import ReputationModule
 from cifer.app.state import StateOverlay
 from cifer.base.crypto.keys import CryptoError, from_bech32, to_bech32
@@ -39,8 +40,14 @@ def job_json(job: Job, state: StateOverlay, height: int) -> dict[str, Any]:
         "privacy": s.privacy,
         "privacy_mode": describe(s.privacy, s.dp),
         "model_params": s.model_params,
-        "secagg": msgspec.to_builtins(s.secagg) if s.secagg is not None else None,
-        "dp": msgspec.to_builtins(s.dp) if s.dp is not None else None,
+        "secagg": _fields(s.secagg),
+        "ckks": _fields(s.ckks or CkksParams()) if s.privacy == CKKS else None,
+        "dp": _fields(s.dp),
+        "enc_keys": {
+            to_bech32(a): m.enc_key.hex()
+            for a in FlModule.members(state, job.id)
+            if (m := FlModule.member(state, job.id, a)) is not None and m.enc_key
+        },
         "phase": PHASES[job.phase] if s.privacy == SECAGG else None,
         "ckks_context": job.ckks_context.context_id.hex() if job.ckks_context else None,
         "epsilon_micro": job.epsilon_micro if s.dp is not None else None,
@@ -65,6 +72,15 @@ def job_json(job: Job, state: StateOverlay, height: int) -> dict[str, Any]:
         "created": job.created,
         "finished": job.finished,
         "height": height,
+    }
+
+
+def _fields(obj: Any) -> dict[str, Any] | None:
+    """A Canonical struct as a JSON object (its wire form is an array)."""
+    if obj is None:
+        return None
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in msgspec.structs.asdict(obj).items()
     }
 
 

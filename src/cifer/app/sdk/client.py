@@ -41,11 +41,20 @@ import numpy.typing as npt
 
 from cifer.app.contracts.fl import create_job_msg, join_job_msg, submit_update_msg
 from cifer.app.sdk.assets import AssetOps, parse_asset_id
+from cifer.app.sdk.private import (
+    PrivacyRequirement,
+    PrivateParticipant,
+    check_requirement,
+    is_plaintext_update,
+)
 from cifer.app.txbuilder import DEFAULT_FEE, make_tx
 from cifer.base.chain.types import AnyMsg
 from cifer.base.crypto.keys import CryptoError, PrivateKey, from_bech32
 from cifer.compute.fl.params import F32Array, ParamError, ParamSpec, from_bytes, to_bytes
 from cifer.compute.fl.trainers import Trainer, TrainerError, local_update, param_spec
+from cifer.compute.privacy.ckks import CkksError, CkksParams
+from cifer.compute.privacy.dp import DpConfig
+from cifer.compute.privacy.secagg import SecAggParams
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +180,8 @@ class RunResult:
     address: str
     status: str  # last job status seen: "done", or whatever it was when stopped
     final_model: str  # hex hash of the global model at the end
+    #: ckks jobs: the final model in the clear, decrypted here (the chain holds it encrypted)
+    final_params: dict[str, F32Array] | None = None
     rounds: list[RoundReport] = field(default_factory=list)
     wall_s: float = 0.0
     stopped: bool = False
@@ -203,6 +214,7 @@ class _Attempt:
 
     round: int
     model: str
+    delta: F32Array | None
     blob: bytes
     hash: str
     samples: int
@@ -263,6 +275,7 @@ class Client(AssetOps):
         self._chain_id: str | None = None
         self._tx_lock = threading.Lock()
         self._model_cache: tuple[str, dict[str, F32Array]] | None = None
+        self._privacy: dict[int, str] = {}  # job id -> privacy mode (fixed at creation)
 
     def close(self) -> None:
         self._http.close()
@@ -485,14 +498,22 @@ class Client(AssetOps):
         privacy: str = "plain",
         assets: Sequence[str | bytes] = (),
         licences: Sequence[int] = (),
+        secagg: SecAggParams | None = None,
+        ckks: CkksParams | None = None,
+        dp: DpConfig | None = None,
     ) -> int:
         """Upload the initial weights, send ``CreateJob`` (escrowing ``reward`` ucif) and
         return the new job's id once its block is final. ``max_clients`` defaults to
         ``min_clients``; ``train`` holds hints for clients (epochs, lr, batch). ``assets``
         are registered assets the job trains on, each owned by you, consented to you, or
-        covered by one of your ``licences`` (whose use is recorded, royalty paid)."""
+        covered by one of your ``licences`` (whose use is recorded, royalty paid).
+
+        ``privacy`` is ``plain``, ``secagg`` (give ``secagg`` parameters) or ``ckks``;
+        ``dp`` adds client-level DP with distributed noise (see cifer.app.contracts.fl_privacy).
+        """
         try:
             blob = to_bytes(initial_params)
+            n_params = ParamSpec.of(from_bytes(blob)).size
         except ParamError as exc:
             raise ClientError(f"initial_params: {exc}") from None
         initial = self.put_blob(blob)
@@ -517,6 +538,10 @@ class Client(AssetOps):
             train={str(k): str(v) for k, v in (train or {}).items()},
             assets=[parse_asset_id(a) for a in assets],
             licences=[int(x) for x in licences],
+            model_params=n_params if privacy != "plain" else 0,
+            secagg=secagg,
+            ckks=ckks,
+            dp=dp,
         )
         tx = self._commit([msg], "CreateJob")
         job_id = _event_attr(tx, "fl_job_created", "job_id")
@@ -536,10 +561,11 @@ class Client(AssetOps):
             raise ClientError(f"CreateJob committed at height {height} but no job shows it")
         return max(mine)
 
-    def join(self, job_id: int, dataset_hash: bytes = b"") -> str:
+    def join(self, job_id: int, dataset_hash: bytes = b"", enc_key: bytes = b"") -> str:
         """Join a job (allow-list and reputation permitting); returns the tx hash once
-        final. ``dataset_hash`` optionally commits to the data you train on."""
-        tx = self._commit([join_job_msg(job_id, dataset_hash)], f"JoinJob {job_id}")
+        final. ``dataset_hash`` optionally commits to the data you train on; ``enc_key``
+        (ckks jobs, set by :meth:`run`) is the X25519 key the job's secret key is sealed to."""
+        tx = self._commit([join_job_msg(job_id, dataset_hash, enc_key)], f"JoinJob {job_id}")
         return str(tx["hash"])
 
     def submit(
@@ -554,7 +580,17 @@ class Client(AssetOps):
         return self.submit_blob(job_id, round, blob, samples)
 
     def submit_blob(self, job_id: int, round_: int, blob: bytes, samples: int) -> str:
-        """Like :meth:`submit` for a delta already serialised (safetensors bytes)."""
+        """Like :meth:`submit` for a delta already serialised (safetensors bytes), or a
+        masked / encrypted update in a private job. A plaintext update for a private job is
+        refused here, before it leaves the process."""
+        privacy = self._privacy.get(job_id)
+        if privacy is None:
+            privacy = self._privacy[job_id] = str(self.job(job_id)["privacy"])
+        if privacy != "plain" and is_plaintext_update(blob):
+            raise ClientError(
+                f"job {job_id} is {privacy}: refusing to send a plaintext update (run the "
+                "job with Client.run, which masks or encrypts it)"
+            )
         h = self.put_blob(blob)
         if self.replicate_wait_s > 0:
             time.sleep(self.replicate_wait_s)
@@ -582,8 +618,13 @@ class Client(AssetOps):
         poll_s: float = POLL_S,
         seed: int | None = None,
         dataset_hash: bytes = b"",
+        require_privacy: str | None = None,
     ) -> RunResult:
         """Take part in job ``job_id`` with local data (x, y) until it is done.
+
+        The job's privacy mode is followed (secagg: masked; ckks: encrypted; dp: clipped
+        and noised first). ``require_privacy`` (e.g. ``"secagg"``, ``"ckks+dp"``) refuses a
+        job whose mode is weaker, before joining.
 
         Joins if not yet a member, then each round: download the global model, train
         ``trainer`` from it, and submit ``trained - global``. ``transform_update(delta,
@@ -612,6 +653,7 @@ class Client(AssetOps):
             timeout_s=timeout_s,
             poll_s=poll_s,
             dataset_hash=dataset_hash,
+            require_privacy=require_privacy,
         )
 
 
@@ -657,6 +699,8 @@ class _Runner:
         self.attempts: dict[int, _Attempt] = {}
         self.reports: list[RoundReport] = []
         self.hints = TrainHints()
+        self.private: PrivateParticipant | None = None
+        self.private_status = ""
 
     def run(
         self,
@@ -666,16 +710,24 @@ class _Runner:
         timeout_s: float | None,
         poll_s: float,
         dataset_hash: bytes,
+        require_privacy: str | None,
     ) -> RunResult:
         t0 = time.monotonic()
         c, jid = self.c, self.job_id
         job = c.job(jid)
         if job["status"] == "done":
             raise ClientError(f"job {jid} has already finished")
+        try:
+            check_requirement(job, require_privacy)
+        except (PrivacyRequirement, ValueError) as exc:
+            raise ClientError(str(exc)) from None
+        if job["privacy"] != "plain":
+            self.private = PrivateParticipant(c, job)
         epochs, lr, batch = self.overrides
         self.hints = TrainHints.from_job(job.get("train") or {}, epochs=epochs, lr=lr, batch=batch)
         if self.me not in job["member_list"]:
-            c.join(jid, dataset_hash)
+            enc = self.private.enc_key() if self.private and job["privacy"] == "ckks" else b""
+            c.join(jid, dataset_hash, enc)
             job = c.job(jid)
         first = int(job["round"])
         next_report = first
@@ -695,28 +747,56 @@ class _Runner:
                 if job["status"] == "done":
                     bar(self._describe(job))
                     break
-                if job["status"] == "running":
+                if self.private is not None:
+                    self._private_step(job)
+                elif job["status"] == "running":
                     self._maybe_submit(job)
                 bar(self._describe(job))
                 if stop is not None:
                     stop.wait(poll_s)
                 else:
                     time.sleep(poll_s)
+        final_model, final_params = str(job["model_hash"]), None
+        if self.private is not None and job["privacy"] == "ckks" and job["status"] == "done":
+            final_params = self.private.plain_model(job, int(job["rounds"]))
+            final_model = hashlib.sha256(to_bytes(final_params)).hexdigest()
         return RunResult(
             job_id=jid,
             address=self.me,
             status=str(job["status"]),
-            final_model=str(job["model_hash"]),
+            final_model=final_model,
+            final_params=final_params,
             rounds=self.reports,
             wall_s=time.monotonic() - t0,
             stopped=stopped,
         )
+
+    def _private_step(self, job: Mapping[str, Any]) -> None:
+        assert self.private is not None
+        if job["status"] not in ("keys", "running"):
+            return
+
+        def train(global_params: dict[str, F32Array]) -> tuple[F32Array, int]:
+            att = self._train(job, global_params)
+            self.attempts[att.round] = att
+            assert att.delta is not None
+            return att.delta, att.samples
+
+        try:
+            self.private_status = self.private.step(job, train)
+        except (CkksError, PrivacyRequirement) as exc:
+            raise ClientError(f"job {self.job_id}: {exc}") from exc
 
     def _describe(self, job: Mapping[str, Any]) -> str:
         st, r, total = job["status"], int(job["round"]), int(job["rounds"])
         head = f"job {self.job_id}"
         if st == "open":
             return f"{head} · waiting for clients ({job['members']}/{job['min_clients']})"
+        if st == "keys":
+            return f"{head} · ckks key setup · {self.private_status or 'waiting'}"
+        if self.private is not None and st == "running":
+            what = job.get("phase") or job["privacy"]
+            return f"{head} · round {r + 1}/{total} · {what} · {self.private_status}"
         if st == "closing":
             return f"{head} · round {r + 1}/{total} · aggregating"
         if st != "running":
@@ -825,11 +905,14 @@ class _Runner:
             log=exc.log,
         ) from exc
 
-    def _train(self, job: Mapping[str, Any]) -> _Attempt:
+    def _train(
+        self, job: Mapping[str, Any], global_params: dict[str, F32Array] | None = None
+    ) -> _Attempt:
         r = int(job["round"])
         t0 = time.perf_counter()
         model_hash = str(job["model_hash"])
-        global_params = self.c.model(model_hash)
+        if global_params is None:
+            global_params = self.c.model(model_hash)
         t1 = time.perf_counter()
         spec = ParamSpec.of(global_params)
         mine = param_spec(self.trainer)
@@ -873,6 +956,7 @@ class _Runner:
         return _Attempt(
             round=r,
             model=model_hash,
+            delta=delta,
             blob=blob,
             hash=hashlib.sha256(blob).hexdigest(),
             samples=len(self.y),
