@@ -14,10 +14,10 @@ from fastapi import FastAPI, HTTPException
 
 from cifer.app.contracts.fl import FlModule, Job, JobStatus, RoundRecord
 from cifer.app.contracts.fl_privacy import CKKS, INPUT, PHASES, SECAGG, describe
-from cifer.compute.privacy.ckks import CkksParams
 from cifer.app.contracts.reputation import ReputationModule
 from cifer.app.state import StateOverlay
 from cifer.base.crypto.keys import CryptoError, from_bech32, to_bech32
+from cifer.compute.privacy.ckks import CkksParams
 
 if TYPE_CHECKING:
     from cifer.app.node.runtime import Node
