@@ -164,7 +164,15 @@ class BlobEngine:
         sender: bytes,
         secagg: tuple[SecAggRound, set[int]] | None = None,
     ) -> str:
-        cache_key = update + job.spec.initial_model + sender + job.round.to_bytes(4, "big")
+        # validity depends on the job (privacy mode, ckks context, secagg round), not only
+        # on the blob: the same blob may be valid in one job and unaggregatable in another
+        cache_key = (
+            job.id.to_bytes(8, "big")
+            + update
+            + job.spec.initial_model
+            + sender
+            + job.round.to_bytes(4, "big")
+        )
         with self._lock:
             if self._valid.get(cache_key):
                 return ""

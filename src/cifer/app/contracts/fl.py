@@ -1124,7 +1124,15 @@ class FlModule(Module):
         """Aggregates must be identical except for epsilon, which may differ by 1 micro-
         epsilon (floating-point special functions in the accountant; see fl_privacy)."""
         if isinstance(got, Aggregate) and isinstance(expected, Aggregate):
-            return epsilon_close(got.epsilon_micro, expected.epsilon_micro) and encoding.encode(
+            # only an epsilon the accountant computed (dp, a round that aggregated) has
+            # slack; one copied from state (no dp: 0, a failed round) must match exactly
+            computed = expected.epsilon_micro > 0 and not expected.failure
+            eps_ok = (
+                epsilon_close(got.epsilon_micro, expected.epsilon_micro)
+                if computed
+                else got.epsilon_micro == expected.epsilon_micro
+            )
+            return eps_ok and encoding.encode(
                 msgspec.structs.replace(got, epsilon_micro=0)
             ) == encoding.encode(msgspec.structs.replace(expected, epsilon_micro=0))
         return super().system_matches(got, expected)

@@ -585,7 +585,7 @@ class Client(AssetOps):
         refused here, before it leaves the process."""
         privacy = self._privacy.get(job_id)
         if privacy is None:
-            privacy = self._privacy[job_id] = str(self.job(job_id)["privacy"])
+            privacy = self._privacy[job_id] = str(self.job(job_id).get("privacy", "plain"))
         if privacy != "plain" and is_plaintext_update(blob):
             raise ClientError(
                 f"job {job_id} is {privacy}: refusing to send a plaintext update (run the "
@@ -721,12 +721,12 @@ class _Runner:
             check_requirement(job, require_privacy)
         except (PrivacyRequirement, ValueError) as exc:
             raise ClientError(str(exc)) from None
-        if job["privacy"] != "plain":
+        if job.get("privacy", "plain") != "plain":
             self.private = PrivateParticipant(c, job)
         epochs, lr, batch = self.overrides
         self.hints = TrainHints.from_job(job.get("train") or {}, epochs=epochs, lr=lr, batch=batch)
         if self.me not in job["member_list"]:
-            enc = self.private.enc_key() if self.private and job["privacy"] == "ckks" else b""
+            enc = self.private.enc_key() if self.private and job.get("privacy") == "ckks" else b""
             c.join(jid, dataset_hash, enc)
             job = c.job(jid)
         first = int(job["round"])
@@ -757,7 +757,7 @@ class _Runner:
                 else:
                     time.sleep(poll_s)
         final_model, final_params = str(job["model_hash"]), None
-        if self.private is not None and job["privacy"] == "ckks" and job["status"] == "done":
+        if self.private is not None and job.get("privacy") == "ckks" and job["status"] == "done":
             final_params = self.private.plain_model(job, int(job["rounds"]))
             final_model = hashlib.sha256(to_bytes(final_params)).hexdigest()
         return RunResult(

@@ -83,7 +83,7 @@ def check_requirement(job: Mapping[str, Any], required: str | None) -> None:
     if not required:
         return
     mode, dp = parse_mode(required)
-    job_mode, job_dp = str(job["privacy"]), job.get("dp") is not None
+    job_mode, job_dp = str(job.get("privacy", "plain")), job.get("dp") is not None
     if STRENGTH.get(job_mode, 0) < STRENGTH[mode] or (dp and not job_dp):
         raise PrivacyRequirement(
             f"job {job['id']} is {job.get('privacy_mode', job_mode)}; this client requires "
