@@ -7,6 +7,7 @@ shows the validators recomputing (and refusing) aggregates they did not compute.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -204,33 +205,33 @@ def test_secagg_with_dp_records_epsilon_on_chain(net: Localnet) -> None:
 
 
 def test_plaintext_update_to_a_private_job_is_refused_by_client_and_node(net: Localnet) -> None:
+    from typer.testing import CliRunner
+
+    from cifer.app.cli import fl_client
+
     api = net.spec.nodes[0].api
     train, _ = load_dataset("digits")
     initial = make_trainer("logreg", train.input_shape, 10, seed=0).get_params()
+    args = ["create", "--node", api, "--key", "test:13", "--name", "refusals", "--rounds", "1"]
+    args += ["--min-clients", "3", "--reward", "1cif", "--round-blocks", "10"]
+    res = CliRunner().invoke(fl_client.app, [*args, "--privacy", "ckks", "--rule", "median"])
+    assert res.exit_code != 0 and "rule 'median' needs plaintext updates" in res.output
+    res = CliRunner().invoke(fl_client.app, [*args, "--privacy", "ckks", "--dp-noise", "1.0"])
+    assert res.exit_code == 0, res.output
+    job_id = int(json.loads(res.output.strip().splitlines()[-1])["job_id"])
     with Client(api, account_key(13)) as c:
-        job_id = c.create_job(
-            name="refusals",
-            model="logreg",
-            input_shape=train.input_shape,
-            num_classes=10,
-            initial_params=initial,
-            rule="fedavg",
-            rounds=1,
-            min_clients=3,
-            round_blocks=10,
-            reward=1_000_000,
-            privacy="ckks",
-        )
+        job = c.job(job_id)
+        assert job["privacy_mode"] == "ckks+dp" and job["rule"] == "fedavg"
         with pytest.raises(ClientError, match="refusing to send a plaintext update"):
             c.submit_blob(job_id, 0, to_bytes(initial), 10)
-        with pytest.raises(ClientError, match="requires secagg\\+dp"):
-            c.run(
-                job_id,
-                make_trainer("logreg", train.input_shape, 10),
-                train.x,
-                train.y,
-                progress=False,
-                require_privacy="secagg+dp",
-            )
         with pytest.raises(ClientError, match="enc_key"):
             c.join(job_id)
+    # a client that demands a private mode does not join a plain job
+    res = CliRunner().invoke(fl_client.app, [*args, "--privacy", "plain"])
+    assert res.exit_code == 0, res.output
+    plain_job = int(json.loads(res.output.strip().splitlines()[-1])["job_id"])
+    with Client(api, account_key(14)) as c:
+        trainer = make_trainer("logreg", train.input_shape, 10)
+        with pytest.raises(ClientError, match="requires ckks"):
+            c.run(plain_job, trainer, train.x, train.y, progress=False, require_privacy="ckks")
+        assert c.address not in c.job(plain_job)["member_list"]

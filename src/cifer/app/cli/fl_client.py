@@ -115,10 +115,16 @@ def run(
     batch: int | None = typer.Option(None, help="Batch size (default: the job's hint)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
     timeout: float | None = typer.Option(None, help="Give up after this many seconds."),
+    require_privacy: str | None = typer.Option(
+        None,
+        "--require-privacy",
+        help="Refuse the job unless its mode is at least this: secagg, ckks, +dp (e.g. ckks+dp).",
+    ),
     retry: float = RetryOpt,
     home: str | None = HomeOpt,
 ) -> None:
-    """Train on your own slice of a dataset for job JOB until it is done."""
+    """Train on your own slice of a dataset for job JOB until it is done. The job's privacy
+    mode is followed: under secagg the update leaves masked, under ckks encrypted."""
     from cifer.compute.fl.data import PartitionError, parse_partition_spec
     from cifer.compute.fl.data import partition as split
     from cifer.compute.fl.trainers import TrainerError, make_trainer
@@ -185,6 +191,7 @@ def run(
                 on_round=report,
                 stop=stop,
                 timeout_s=timeout,
+                require_privacy=require_privacy,
             )
         except KeyboardInterrupt:
             stop.set()
@@ -243,7 +250,9 @@ def create(
         "digits", "--dataset", help="Dataset that fixes the input shape and classes."
     ),
     model: str = typer.Option("logreg", "--model", help="Trainer recipe: logreg, mlp:H, ..."),
-    rule: str = typer.Option("multi_krum", "--rule", help="Aggregation rule."),
+    rule: str | None = typer.Option(
+        None, "--rule", help="Aggregation rule (default multi_krum; fedavg under secagg/ckks)."
+    ),
     rule_param: list[str] | None = typer.Option(
         None, "--rule-param", help="Rule parameter key=value (repeatable)."
     ),
@@ -258,15 +267,48 @@ def create(
     batch: int = typer.Option(32, help="Batch size hint for clients."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initial weights."),
     data_dir: str | None = typer.Option(None, "--data-dir"),
+    privacy: str = typer.Option(
+        "plain", "--privacy", help="plain, secagg (masked sums) or ckks (encrypted sums)."
+    ),
+    secagg_threshold: int | None = typer.Option(
+        None, "--secagg-threshold", help="Shamir/collusion threshold t (default degree/2 + 1)."
+    ),
+    secagg_degree: int | None = typer.Option(
+        None, "--secagg-degree", help="Neighbours per client (default: all, up to 16 clients)."
+    ),
+    clip: float = typer.Option(
+        1.0, "--clip", help="secagg: each update value is clipped to [-clip, clip]."
+    ),
+    dp_noise: float = typer.Option(
+        0.0, "--dp-noise", help="DP noise multiplier z (0: no DP); noise is split among clients."
+    ),
+    dp_clip: float = typer.Option(1.0, "--dp-clip", help="DP: L2 clip norm C of each update."),
+    dp_delta: float = typer.Option(1e-5, "--dp-delta", help="DP: delta."),
     retry: float = RetryOpt,
     home: str | None = HomeOpt,
 ) -> None:
-    """Create a job with freshly initialised weights; prints its id."""
+    """Create a job with freshly initialised weights; prints its id.
+
+    Private modes fix the roster when the job starts (--max-clients = --min-clients) and
+    average the clipped updates (robust rules need plaintext)."""
     from cifer.app.cli.fl import parse_kv
     from cifer.compute.fl.trainers import TrainerError, make_trainer
 
     ucif = parse_amount(reward)
     params = {k: str(v) for k, v in parse_kv(rule_param, "--rule-param").items()}
+    if rule is None:
+        rule = "multi_krum" if privacy == "plain" else "fedavg"
+    secagg, dp = _privacy_params(
+        privacy,
+        min_clients,
+        rounds,
+        secagg_threshold,
+        secagg_degree,
+        clip,
+        dp_noise,
+        dp_clip,
+        dp_delta,
+    )
     train, _ = _load_data(dataset, data_dir)
     try:
         trainer = make_trainer(model, train.input_shape, train.num_classes, seed=seed)
@@ -290,7 +332,54 @@ def create(
                 round_blocks=round_blocks,
                 reward=ucif,
                 train={"epochs": epochs, "lr": lr, "batch": batch},
+                privacy=privacy,
+                secagg=secagg,
+                dp=dp,
             )
         except ClientError as exc:
             raise _client_fail(exc, node) from None
     console.print(json.dumps({"job_id": job_id}))
+
+
+def _privacy_params(
+    privacy: str,
+    n: int,
+    rounds: int,
+    threshold: int | None,
+    degree: int | None,
+    clip: float,
+    dp_noise: float,
+    dp_clip: float,
+    dp_delta: float,
+) -> tuple[Any, Any]:
+    """SecAggParams and DpConfig from the CLI's numbers, with clear errors."""
+    from cifer.compute.privacy.dp import DpConfig, DpError
+    from cifer.compute.privacy.secagg import SecAggParams, harary_degree
+
+    if privacy not in ("plain", "secagg", "ckks"):
+        raise typer.BadParameter("expected plain, secagg or ckks", param_hint="--privacy")
+    secagg = None
+    if privacy == "secagg":
+        k = degree if degree is not None else (n - 1 if n <= 16 else harary_degree(n))
+        if not clip > 0:
+            raise typer.BadParameter("must be > 0", param_hint="--clip")
+        secagg = SecAggParams(
+            threshold=threshold if threshold is not None else k // 2 + 1,
+            degree=k,
+            clip_micros=round(clip * 1_000_000),
+        )
+    dp = None
+    if dp_noise > 0:
+        try:
+            dp = DpConfig.of(
+                mode="distributed",
+                noise_multiplier=dp_noise,
+                clip_norm=dp_clip,
+                sampling_rate=1.0,
+                delta=dp_delta,
+                min_clients=n,
+                rounds=rounds,
+            )
+        except DpError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--dp-noise") from None
+    return secagg, dp
