@@ -27,6 +27,8 @@ coordinate of what can be submitted; nothing bounds a CKKS update beyond 2^16 pe
 
 DP on chain is always distributed (each client adds its share of the noise): a validator
 cannot add noise that the other validators, recomputing the aggregate, would not know.
+A dp job averages with equal weights (``fedavg`` without sample weights), so one client
+moves the sum by at most its clip norm C, which is what the accountant assumes.
 Every round all members are asked, so the sampling rate is 1. The proposer reports the
 cumulative epsilon in the aggregate (micro-epsilon, rounded up) and validators accept
 their own recomputation within 1 micro-epsilon (floating-point special functions).
@@ -144,6 +146,11 @@ def validate_job(
             dp.validate()
         except DpError as exc:
             raise PrivacyError(f"dp: {exc}") from None
+        if rule not in PRIVATE_RULES:
+            raise PrivacyError(
+                f"dp: the accountant assumes averaging of clipped updates; rule {rule!r} "
+                f"is not ({' or '.join(PRIVATE_RULES)})"
+            )
         if dp.mode != "distributed":
             raise PrivacyError(
                 "dp: on chain the noise must be distributed among clients; validators "

@@ -951,6 +951,13 @@ class _Runner:
                 f"round {r}: the update is not finite (local training diverged; "
                 f"try a smaller lr than {h.lr})"
             )
+        if self.private is None and job.get("dp"):
+            # plain + dp: clip and add this client's share of the noise before upload
+            # (private modes do it in PrivateParticipant, before masking or encrypting)
+            from cifer.compute.privacy.dp import privatize_update, secure_rng
+
+            dp = DpConfig(**job["dp"])
+            delta = privatize_update(delta, dp, secure_rng())
         blob = to_bytes(spec.unflatten(delta))
         t2 = time.perf_counter()
         return _Attempt(
