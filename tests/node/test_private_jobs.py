@@ -66,7 +66,7 @@ def run_job(net: Localnet, first_key: int, **job: Any) -> tuple[int, dict[int, A
             rule="fedavg",
             rounds=2,
             min_clients=N,
-            round_blocks=12,
+            round_blocks=40,
             reward=4_000_000,
             train={"epochs": 2, "lr": 0.1, "batch": 32},
             **job,

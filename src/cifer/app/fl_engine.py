@@ -300,7 +300,7 @@ class BlobEngine:
             rows = np.stack([spec.flatten(from_bytes(self._read(u.update))) for u in updates])
         except (ParamError, BlobError, ValueError) as exc:
             raise SystemUnavailable(f"job {job.id} round {job.round}: {exc}") from exc
-        weights = np.asarray(capped_samples([u.samples for u in updates]), dtype=np.float64)
+        weights = np.asarray(_weights(job, updates), dtype=np.float64)
         seed = hashlib.sha256(
             b"cifer/fl/round-rng/v1"
             + job.id.to_bytes(8, "big")
@@ -352,7 +352,7 @@ class BlobEngine:
             n_params=job.spec.model_params,
             key_checks=False,
         )
-        weights = capped_samples([u.samples for u in updates])
+        weights = _weights(job, updates)
         accepted = []
         for u, w in zip(updates, weights, strict=True):
             try:
@@ -438,6 +438,14 @@ class BlobEngine:
         if data is None:
             raise SystemUnavailable(f"blob {h.hex()} vanished from the store")
         return data
+
+
+def _weights(job: Job, updates: list[UpdateRef]) -> list[int]:
+    """Capped sample counts; equal weights under dp, whose accountant assumes that one
+    client moves the sum by at most its clip norm."""
+    if job.spec.dp is not None:
+        return [1] * len(updates)
+    return capped_samples([u.samples for u in updates])
 
 
 def _check_ckks_upload(job: Job, data: bytes, sender: bytes) -> str:

@@ -1020,7 +1020,9 @@ class FlModule(Module):
             kind="model",
             content_hash=job.model,
             meta=AssetMeta(
-                name=f"{job.spec.name[:100]} (fl job {job.id})", media_type="safetensors"
+                name=f"{job.spec.name[:100]} (fl job {job.id})",
+                # under ckks the chain holds the last encrypted aggregate, not the model
+                media_type="ckks-aggregate" if job.spec.privacy == CKKS else "safetensors",
             ),
             owner=job.creator,
             origin=f"fl/job/{job.id}",

@@ -265,9 +265,28 @@ class PrivateParticipant:
         blob = encrypt_update(
             self.keys(), self._privatize(delta), job_id=self.job_id, round_=r, sender=self.me
         )
-        self.c.submit_blob(self.job_id, r, blob, samples)
+        if not self._submit(r, blob, samples):
+            self._submitted[r] = 1 << 62  # never resend: the round moved on without us
+            return "update refused"
         self._submitted[r] = height
         return "encrypted update sent"
+
+    def _submit(self, r: int, blob: bytes, samples: int) -> bool:
+        """Upload and submit; False if the node refused it (e.g. the round or phase closed
+        first, which costs this client the round, not the run)."""
+        from cifer.app.sdk.client import ClientError, _closed_text
+
+        try:
+            self.c.submit_blob(self.job_id, r, blob, samples)
+        except ClientError as exc:
+            if "already submitted" in exc.log:
+                return True
+            moved_on = _closed_text(exc.log) or "secagg phase" in exc.log
+            if not moved_on:
+                raise
+            log.warning("job %d round %d: too late: %s", self.job_id, r, exc.log)
+            return False
+        return True
 
     # ------------------------------------------------------------------ secagg
 
@@ -363,7 +382,9 @@ class PrivateParticipant:
                     st.sent[2] = _Phase(encode(st.client.masked_input(levels)), height)
                     self._samples = samples
                 blob = st.sent[2].payload
-                self.c.submit_blob(self.job_id, st.round, blob, self._samples)
+                if not self._submit(st.round, blob, self._samples):
+                    st.gave_up = True
+                    return "masked input refused"
                 st.sent[2].sent_height = height
                 return "masked input sent"
             survivors = [from_bech32(a) for a in self._phase(st.round, 2)["senders"]]
