@@ -288,12 +288,7 @@ class BlobEngine:
     def aggregate(self, job: Job, updates: list[UpdateRef]) -> AggregateOutcome:
         if job.spec.privacy == CKKS:
             return self._aggregate_ckks(job, updates)
-        missing = self._ensure([job.model, *[u.update for u in updates]])
-        if missing:
-            raise SystemUnavailable(
-                f"job {job.id} round {job.round}: blobs not available: "
-                + ", ".join(h.hex()[:16] for h in missing[:5])
-            )
+        self._require(job, [job.model, *[u.update for u in updates]])
         try:
             spec = self.spec(job.model)
             model = spec.flatten(from_bytes(self._read(job.model)))
@@ -339,12 +334,7 @@ class BlobEngine:
         info = job.ckks_context
         if info is None:
             raise SystemUnavailable(f"job {job.id} has no ckks context")
-        missing = self._ensure([u.update for u in updates])
-        if missing:
-            raise SystemUnavailable(
-                f"job {job.id} round {job.round}: blobs not available: "
-                + ", ".join(h.hex()[:16] for h in missing[:5])
-            )
+        self._require(job, [u.update for u in updates])
         acc = CkksAccumulator(
             self._public_context(info),
             job_id=job.id,
@@ -382,12 +372,7 @@ class BlobEngine:
         Messages were admitted on chain; one that still fails here is left out (masked
         inputs) and the unmasking fails cleanly, keeping the model, if too few remain."""
         rnd = inputs.round
-        missing = self._ensure([job.model, *[u.update for u in inputs.masked]])
-        if missing:
-            raise SystemUnavailable(
-                f"job {job.id} round {job.round}: blobs not available: "
-                + ", ".join(h.hex()[:16] for h in missing[:5])
-            )
+        self._require(job, [job.model, *[u.update for u in inputs.masked]])
         n = len(inputs.masked)
         server = SecAggServer(rnd)
         blamed: list[bytes] = []
@@ -432,6 +417,15 @@ class BlobEngine:
             [0] * n,
             sorted(set(blamed)),
         )
+
+    def _require(self, job: Job, hashes: list[bytes]) -> None:
+        """Fetch a round's blobs; SystemUnavailable (vote nil) if any cannot be had."""
+        missing = self._ensure(hashes)
+        if missing:
+            raise SystemUnavailable(
+                f"job {job.id} round {job.round}: blobs not available: "
+                + ", ".join(h.hex()[:16] for h in missing[:5])
+            )
 
     def _read(self, h: bytes) -> bytes:
         data = self.store.get(h)

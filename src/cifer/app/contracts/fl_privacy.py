@@ -90,11 +90,6 @@ def describe(privacy: str, dp: DpConfig | None) -> str:
     return privacy + ("+dp" if dp is not None else "")
 
 
-def strength(privacy: str, dp: DpConfig | None) -> tuple[int, int]:
-    """Orders modes for a client's requirement: (encryption level, dp)."""
-    return STRENGTH.get(privacy, 0), 1 if dp is not None else 0
-
-
 def validate_job(
     *,
     privacy: str,

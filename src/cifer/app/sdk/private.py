@@ -296,9 +296,10 @@ class PrivateParticipant:
         )
         return out
 
-    def _decode_all(self, payloads: list[str], typ: type[Any]) -> list[Any]:
+    def _messages(self, view: Mapping[str, Any], typ: type[Any]) -> list[Any]:
+        """A phase view's payloads decoded as ``typ``."""
         out = []
-        for p in payloads:
+        for p in view["payloads"]:
             try:
                 out.append(decode(bytes.fromhex(p), typ))
             except (EncodingError, ValueError) as exc:  # committed, so checked: log and skip
@@ -357,17 +358,19 @@ class PrivateParticipant:
             if phase == 0:
                 return self._send_phase(st, 0, encode(st.client.advertise()), height)
             if phase == 1:
-                if me not in self._phase(st.round, 0)["senders"]:
+                prev_view = self._phase(st.round, 0)
+                if me not in prev_view["senders"]:
                     st.gave_up = True
                     return "missed the advertise phase"
-                adverts = self._decode_all(view_payloads(self._phase(st.round, 0)), AdvertiseKeys)
+                adverts = self._messages(prev_view, AdvertiseKeys)
                 return self._send_phase(st, 1, encode(st.client.share_keys(adverts)), height)
             if phase == 2:
-                if me not in self._phase(st.round, 1)["senders"]:
-                    st.gave_up = True
-                    return "missed the share phase"
                 if not st.received:
-                    shares = self._decode_all(view_payloads(self._phase(st.round, 1)), ShareKeys)
+                    prev_view = self._phase(st.round, 1)
+                    if me not in prev_view["senders"]:
+                        st.gave_up = True
+                        return "missed the share phase"
+                    shares = self._messages(prev_view, ShareKeys)
                     complaints = st.client.receive_shares(shares)
                     if complaints:
                         log.warning(
@@ -396,10 +399,6 @@ class PrivateParticipant:
             log.warning("job %d round %d: %s", self.job_id, st.round, exc)
             st.gave_up = True
             return f"left the round: {exc}"
-
-
-def view_payloads(view: Mapping[str, Any]) -> list[str]:
-    return [str(p) for p in view["payloads"]]
 
 
 def is_plaintext_update(blob: bytes) -> bool:
