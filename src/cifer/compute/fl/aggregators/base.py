@@ -8,8 +8,11 @@ orders, and ties broken by value, then by client index.
 
 Large ``d`` (10^6 and more) is the common case, so the kernels here stream over column
 blocks in float64: one pass builds the n x n Gram matrix (every pairwise distance and norm
-follows from it), and one pass forms a linear combination of rows. Iterative rules (RFA,
-centered clipping) iterate on n coefficients, not on d-vectors. Bit-exactness across
+follows from it), and one pass forms a linear combination of rows. Each pass splits d into
+``LANES`` fixed runs of whole blocks that run on their own threads (``run_lanes``) and are
+combined in lane order, so the result does not depend on how many threads ran them.
+Iterative rules (RFA, centered clipping) iterate on n coefficients, not on d-vectors.
+Bit-exactness across
 platforms is not promised: Gram entries and row combinations go through BLAS, whose
 summation order may differ between builds, so validators on different machines should
 compare aggregates with a tolerance (or pin the platform); selections only flip on
@@ -19,10 +22,12 @@ near-ties.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +42,11 @@ IntArray = npt.NDArray[np.intp]
 BLOCK = 1 << 15
 #: Columns per block for coordinate-wise sorts, which transpose each block first.
 SORT_BLOCK = 1 << 17
+#: Column passes are split into this many lanes of whole blocks. A constant, not the
+#: machine's core count, so every machine sums the same partial results in the same order.
+LANES = 2
+
+T = TypeVar("T")
 
 
 class AggregationError(ValueError):
@@ -277,8 +287,9 @@ def blas_single_thread() -> AbstractContextManager[object]:
     and when the CPU is shared (a validator also running consensus, tests in parallel)
     spinning BLAS threads made the Gram pass 5-15x slower in our measurements (0.09 s on
     one thread vs 0.4-1.5 s on two, 50 x 10^6 float32, load 4 on 2 cores). One thread
-    also gives every machine the same summation schedule. threadpoolctl comes with
-    scikit-learn; it is imported lazily and optional.
+    also gives every machine the same summation schedule. The passes get their
+    parallelism from ``run_lanes`` instead: fixed column ranges, one BLAS thread each.
+    threadpoolctl comes with scikit-learn; it is imported lazily and optional.
     """
     global _controller
     if _controller is None:
@@ -297,6 +308,59 @@ def column_blocks(d: int, block: int = BLOCK) -> Iterator[slice]:
     """Column slices covering [0, d) in order."""
     for start in range(0, d, block):
         yield slice(start, min(start + block, d))
+
+
+def lane_blocks(d: int, block: int = BLOCK) -> list[list[slice]]:
+    """``column_blocks`` cut into at most ``LANES`` contiguous runs of equal length (+-1)."""
+    blocks = list(column_blocks(d, block))
+    lanes = min(LANES, len(blocks))
+    if lanes <= 1:
+        return [blocks]
+    per, extra = divmod(len(blocks), lanes)
+    out: list[list[slice]] = []
+    start = 0
+    for lane in range(lanes):
+        stop = start + per + (1 if lane < extra else 0)
+        out.append(blocks[start:stop])
+        start = stop
+    return out
+
+
+_lane_pool: ThreadPoolExecutor | None = None
+
+
+def lane_threads() -> int:
+    """Threads for the lanes: ``CIFER_AGG_THREADS`` if set, else min(LANES, cores)."""
+    raw = os.environ.get("CIFER_AGG_THREADS", "").strip()
+    if raw:
+        try:
+            return max(1, min(LANES, int(raw)))
+        except ValueError:
+            raise AggregationError(f"CIFER_AGG_THREADS must be an integer, got {raw!r}") from None
+    return max(1, min(LANES, os.cpu_count() or 1))
+
+
+def run_lanes(work: Callable[[list[slice]], T], d: int, block: int = BLOCK) -> list[T]:
+    """``work`` on each lane of columns, in parallel where there are threads; lane order.
+
+    Why threads of our own and not BLAS threads: each lane is a fixed set of columns
+    summed by single-threaded BLAS calls, so nothing spins waiting for a busy core (see
+    ``blas_single_thread``) and the result is the same with one thread or two. numpy
+    releases the GIL in the casts and products that make up the work. An error in a lane
+    is raised after every lane has stopped, the lowest lane's first.
+    """
+    global _lane_pool
+    lanes = lane_blocks(d, block)
+    if len(lanes) == 1 or lane_threads() == 1:
+        return [work(lane) for lane in lanes]
+    if _lane_pool is None:
+        _lane_pool = ThreadPoolExecutor(max_workers=LANES - 1, thread_name_prefix="cifer-lane")
+    futures: list[Future[T]] = [_lane_pool.submit(work, lane) for lane in lanes[1:]]
+    try:
+        first = work(lanes[0])
+    finally:
+        wait(futures)
+    return [first, *(f.result() for f in futures)]
 
 
 def _block_buffer(rows: int, d: int, block: int = BLOCK) -> F64Array:
@@ -328,15 +392,23 @@ def gram(updates: FloatArray, extra: tuple[F64Array, ...] = ()) -> F64Array:
     """
     n, d = updates.shape
     m = n + len(extra)
-    out = np.zeros((m, m), dtype=np.float64)
-    buf = _block_buffer(m, d)
-    with blas_single_thread():
-        for sl in column_blocks(d):
+
+    def lane(blocks: list[slice]) -> F64Array:
+        part = np.zeros((m, m), dtype=np.float64)
+        buf = _block_buffer(m, d)
+        for sl in blocks:
             z = _block_view(buf, m, sl)
             np.copyto(z[:n], updates[:, sl])
             for k, vec in enumerate(extra):
                 z[n + k] = vec[sl]
-            out += z @ z.T
+            part += z @ z.T
+        return part
+
+    with blas_single_thread():
+        parts = run_lanes(lane, d)
+    out = parts[0]
+    for part in parts[1:]:
+        out += part
     # Symmetrise: syrk fills both triangles identically, but a general gemm may not.
     return (out + out.T) * 0.5
 
@@ -363,9 +435,10 @@ def combine(
         c = np.ascontiguousarray(coef[nz], dtype=np.float64)
         k = nz.size
         rows = nz.tolist()
-        buf = _block_buffer(k, d)
-        with blas_single_thread():
-            for sl in column_blocks(d):
+
+        def lane(blocks: list[slice]) -> None:  # lanes write disjoint columns of out
+            buf = _block_buffer(k, d)
+            for sl in blocks:
                 z = _block_view(buf, k, sl)
                 if k == n:
                     np.copyto(z, updates[:, sl])
@@ -375,6 +448,9 @@ def combine(
                 else:
                     z[...] = updates[nz, sl]
                 np.dot(c, z, out=out[sl])
+
+        with blas_single_thread():
+            run_lanes(lane, d)
     for scale, vec in extra:
         if scale != 0.0:
             out += scale * vec
@@ -384,10 +460,18 @@ def combine(
 def row_sq_norms(updates: FloatArray) -> F64Array:
     """Squared L2 norm of every row, in float64."""
     n, d = updates.shape
-    out = np.zeros(n, dtype=np.float64)
-    for sl in column_blocks(d):
-        b = updates[:, sl].astype(np.float64)
-        out += np.einsum("ij,ij->i", b, b)
+
+    def lane(blocks: list[slice]) -> F64Array:
+        part = np.zeros(n, dtype=np.float64)
+        for sl in blocks:
+            b = updates[:, sl].astype(np.float64)
+            part += np.einsum("ij,ij->i", b, b)
+        return part
+
+    parts = run_lanes(lane, d)
+    out = parts[0]
+    for part in parts[1:]:
+        out += part
     return out
 
 

@@ -25,7 +25,7 @@ from cifer.compute.fl.aggregators.base import (
     FloatArray,
     IntArray,
     check_inputs,
-    column_blocks,
+    run_lanes,
 )
 
 
@@ -35,12 +35,16 @@ def bucket_means(x: FloatArray, perm: IntArray, s: int) -> F64Array:
     nb = math.ceil(n / s)
     out = np.empty((nb, d), dtype=np.float64)
     full = n // s
-    for sl in column_blocks(d):
-        blk = x[perm, sl].astype(np.float64)
-        if full:
-            out[:full, sl] = blk[: full * s].reshape(full, s, -1).sum(axis=1) / s
-        if nb > full:
-            out[full, sl] = blk[full * s :].sum(axis=0) / (n - full * s)
+
+    def lane(blocks: list[slice]) -> None:  # lanes write disjoint columns of out
+        for sl in blocks:
+            blk = x[perm, sl].astype(np.float64)
+            if full:
+                out[:full, sl] = blk[: full * s].reshape(full, s, -1).sum(axis=1) / s
+            if nb > full:
+                out[full, sl] = blk[full * s :].sum(axis=0) / (n - full * s)
+
+    run_lanes(lane, d)
     return out
 
 

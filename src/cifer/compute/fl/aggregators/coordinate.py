@@ -35,9 +35,9 @@ from cifer.compute.fl.aggregators.base import (
     FloatArray,
     all_true,
     check_inputs,
-    column_blocks,
     ensure_finite,
     require,
+    run_lanes,
     sorted_columns,
 )
 
@@ -94,6 +94,14 @@ def _dist2(block: FloatArray, agg: F64Array, dtype: np.dtype[Any]) -> F64Array:
     return out
 
 
+def _lane_sum(parts: list[F64Array]) -> F64Array:
+    """Per-lane partial sums added in lane order (a fixed reduction order)."""
+    total = parts[0].copy()
+    for part in parts[1:]:
+        total += part
+    return total
+
+
 def coordinate_median(updates: FloatArray, weights: FloatArray, ctx: AggContext) -> AggResult:
     """Coordinate-wise median. Needs n >= 2f + 1 (an honest majority per coordinate).
 
@@ -104,13 +112,17 @@ def coordinate_median(updates: FloatArray, weights: FloatArray, ctx: AggContext)
     n, d = x.shape
     require(n >= 2 * ctx.f + 1, "median", f"needs n >= 2f+1, got n={n}, f={ctx.f}")
     out = np.empty(d, dtype=x.dtype)
-    dist2 = np.zeros(n, dtype=np.float64)
-    for sl in column_blocks(d, SORT_BLOCK):
-        block = x[:, sl]
-        med = median_of_sorted(_sorted_finite(block, x, "median"))
-        out[sl] = med
-        dist2 += _dist2(block, med, x.dtype)
-    return AggResult(out, all_true(n), np.sqrt(dist2))
+
+    def lane(blocks: list[slice]) -> F64Array:  # lanes write disjoint columns of out
+        dist2 = np.zeros(n, dtype=np.float64)
+        for sl in blocks:
+            block = x[:, sl]
+            med = median_of_sorted(_sorted_finite(block, x, "median"))
+            out[sl] = med
+            dist2 += _dist2(block, med, x.dtype)
+        return dist2
+
+    return AggResult(out, all_true(n), np.sqrt(_lane_sum(run_lanes(lane, d, SORT_BLOCK))))
 
 
 def trimmed_mean(updates: FloatArray, weights: FloatArray, ctx: AggContext) -> AggResult:
@@ -129,13 +141,18 @@ def trimmed_mean(updates: FloatArray, weights: FloatArray, ctx: AggContext) -> A
         k = ctx.f
     require(n > 2 * k, "trimmed_mean", f"needs n > 2k (k trimmed per side), got n={n}, k={k}")
     out = np.empty(d, dtype=x.dtype)
-    dist2 = np.zeros(n, dtype=np.float64)
-    for sl in column_blocks(d, SORT_BLOCK):
-        block = x[:, sl]
-        s = _sorted_finite(block, x, "trimmed_mean")
-        mean = s[:, k : n - k].sum(axis=1, dtype=np.float64) / (n - 2 * k)
-        out[sl] = mean
-        dist2 += _dist2(block, mean, x.dtype)
+
+    def lane(blocks: list[slice]) -> F64Array:  # lanes write disjoint columns of out
+        dist2 = np.zeros(n, dtype=np.float64)
+        for sl in blocks:
+            block = x[:, sl]
+            s = _sorted_finite(block, x, "trimmed_mean")
+            mean = s[:, k : n - k].sum(axis=1, dtype=np.float64) / (n - 2 * k)
+            out[sl] = mean
+            dist2 += _dist2(block, mean, x.dtype)
+        return dist2
+
+    dist2 = _lane_sum(run_lanes(lane, d, SORT_BLOCK))
     return AggResult(out, all_true(n), np.sqrt(dist2), {"trimmed_per_side": k})
 
 

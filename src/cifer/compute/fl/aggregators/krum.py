@@ -35,11 +35,11 @@ from cifer.compute.fl.aggregators.base import (
     FloatArray,
     IntArray,
     check_inputs,
-    column_blocks,
     combine,
     ensure_finite,
     gram,
     require,
+    run_lanes,
     sorted_columns,
     sq_distances,
 )
@@ -181,6 +181,10 @@ def bulyan(updates: FloatArray, weights: FloatArray, ctx: AggContext) -> AggResu
         remaining = remaining[remaining != pick]
     sel = np.sort(np.array(order, dtype=np.intp))
     out = np.empty(d, dtype=x.dtype)
-    for sl in column_blocks(d, SORT_BLOCK):
-        out[sl] = mean_around_median(sorted_columns(x[sel, sl]), beta)
+
+    def lane(blocks: list[slice]) -> None:  # lanes write disjoint columns of out
+        for sl in blocks:
+            out[sl] = mean_around_median(sorted_columns(x[sel, sl]), beta)
+
+    run_lanes(lane, d, SORT_BLOCK)
     return AggResult(out, _one_hot(n, sel), scores, {"selected": tuple(order), "beta": beta})
