@@ -45,6 +45,7 @@ def test_ours_only_runs_every_rule() -> None:
     assert rules == [*bench.FLOWER_RULES, *bench.OURS_ONLY]
     for row in report.rows:
         assert len(row.ours_s) == 2 and row.ours > 0
+        assert len(row.ours_one_thread_s) == 2 and row.ours_one_thread is not None
         assert row.flower is None and row.ratio is None and row.meets_target is None
     assert not report.skipped and len(report.pack_s) == 2
 

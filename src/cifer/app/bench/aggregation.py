@@ -46,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cifer.compute.fl.aggregators import AggContext, AggregationError, aggregate
-from cifer.compute.fl.aggregators.base import blas_single_thread
+from cifer.compute.fl.aggregators.base import blas_single_thread, lane_thread_cap
 from cifer.compute.fl.attacks import AttackContext, alie, alie_z
 
 F32Array = npt.NDArray[np.float32]
@@ -394,6 +394,7 @@ class Agreement:
 class RuleResult:
     rule: str
     ours_s: list[float] = field(default_factory=list)
+    ours_one_thread_s: list[float] = field(default_factory=list)
     flower_s: list[float] = field(default_factory=list)
     byzfl_s: list[float] = field(default_factory=list)
     flower: Agreement | None = None
@@ -404,6 +405,16 @@ class RuleResult:
     @property
     def ours(self) -> float:
         return statistics.median(self.ours_s)
+
+    @property
+    def ours_one_thread(self) -> float | None:
+        """Ours with the column lanes run one after another on one thread."""
+        return statistics.median(self.ours_one_thread_s) if self.ours_one_thread_s else None
+
+    @property
+    def ratio_one_thread(self) -> float | None:
+        fm, o1 = self.flower_median, self.ours_one_thread
+        return None if fm is None or o1 is None else fm / o1
 
     @property
     def flower_median(self) -> float | None:
@@ -538,6 +549,12 @@ def _run_case(
         say(f"{case.rule}: run {r + 1}/{runs}, ours")
         t, ours_out = _timed(case.ours)
         row.ours_s.append(t)
+        say(f"{case.rule}: run {r + 1}/{runs}, ours on one thread")
+        with lane_thread_cap(1):
+            t, one_out = _timed(case.ours)
+        row.ours_one_thread_s.append(t)
+        if one_out.tobytes() != ours_out.tobytes():
+            raise RuntimeError(f"{case.rule}: one thread and two gave different aggregates")
         if case.flower is not None:
             say(f"{case.rule}: run {r + 1}/{runs}, Flower")
             t, flower_out = _timed(case.flower)

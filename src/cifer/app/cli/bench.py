@@ -147,6 +147,7 @@ def aggregation(
 ) -> None:
     """Our aggregation rules vs Flower's (and byzfl's) on identical inputs, in one process."""
     from cifer.app.bench import aggregation as agg
+    from cifer.compute.fl.aggregators.base import LANES, lane_threads
 
     if clients < 1 or dim < 1 or runs < 1 or not 0 <= byzantine < clients:
         raise typer.BadParameter("need --clients, --dim, --runs >= 1, 0 <= --byzantine < clients")
@@ -181,7 +182,18 @@ def aggregation(
         title=f"cifer bench aggregation: n={report.n}, f={report.f}, d={report.d:,} float32, "
         f"median of {report.runs} runs"
     )
-    for col in ("rule", "ours (s)", "Flower (s)", "ratio", "target", "byzfl (s)", "ratio"):
+    headers = (
+        "rule",
+        "ours (s)",
+        "Flower (s)",
+        "ratio",
+        "target",
+        "ours 1 thread (s)",
+        "ratio",
+        "byzfl (s)",
+        "ratio",
+    )
+    for col in headers:
         table.add_column(col, justify="left" if col == "rule" else "right")
     table.add_column("max |Δ| Flower", justify="right")
     table.add_column("max |Δ| byzfl", justify="right")
@@ -195,6 +207,8 @@ def aggregation(
             secs(row.flower_median),
             times(row.ratio),
             tgt,
+            secs(row.ours_one_thread),
+            times(row.ratio_one_thread),
             secs(row.byzfl_median),
             times(row.byzfl_ratio),
             agreement(row.flower),
@@ -205,6 +219,10 @@ def aggregation(
         f"versions: flwr {report.flower_version or 'not installed'}, "
         f"byzfl {report.byzfl_version or 'not installed'}; BLAS limited to 1 thread for all "
         f"(threadpoolctl); agreement = np.allclose(rtol={agg.RTOL:g}, atol={agg.ATOL:g})"
+    )
+    console.print(
+        f"ours: {LANES} column lanes on {lane_threads()} thread(s) (CIFER_AGG_THREADS); "
+        "'ours 1 thread' runs the same lanes one after another (identical output, checked)"
     )
     console.print(
         f"inputs: {report.n - report.f} honest (mean ~ N(0,1) + N(0,1) noise), "
@@ -222,9 +240,9 @@ def aggregation(
             notes.append(row.byzfl.note)
         if notes:
             console.print(f"  {row.rule}: " + "; ".join(notes))
-    console.print("seconds per run (ours | Flower | byzfl):")
+    console.print("seconds per run (ours | ours 1 thread | Flower | byzfl):")
     for row in report.rows:
-        cols = [row.ours_s, row.flower_s, row.byzfl_s]
+        cols = [row.ours_s, row.ours_one_thread_s, row.flower_s, row.byzfl_s]
         console.print(
             f"  {row.rule}: " + " | ".join(" ".join(f"{t:.3g}" for t in ts) or "-" for ts in cols)
         )

@@ -25,7 +25,7 @@ import importlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -331,6 +331,7 @@ def lane_blocks(d: int, block: int = BLOCK) -> list[list[slice]]:
 
 
 _lane_pool: ThreadPoolExecutor | None = None
+_lane_cap: int | None = None
 
 
 def lane_threads() -> int:
@@ -338,10 +339,27 @@ def lane_threads() -> int:
     raw = os.environ.get("CIFER_AGG_THREADS", "").strip()
     if raw:
         try:
-            return max(1, min(LANES, int(raw)))
+            threads = max(1, min(LANES, int(raw)))
         except ValueError:
             raise AggregationError(f"CIFER_AGG_THREADS must be an integer, got {raw!r}") from None
-    return max(1, min(LANES, os.cpu_count() or 1))
+    else:
+        threads = max(1, min(LANES, os.cpu_count() or 1))
+    return threads if _lane_cap is None else min(threads, _lane_cap)
+
+
+@contextmanager
+def lane_thread_cap(threads: int) -> Iterator[None]:
+    """Run the lanes on at most ``threads`` threads inside the block (process-wide).
+
+    For benchmarks that time the single-threaded path next to the default; results are
+    the same either way.
+    """
+    global _lane_cap
+    previous, _lane_cap = _lane_cap, max(1, threads)
+    try:
+        yield
+    finally:
+        _lane_cap = previous
 
 
 def run_lanes(work: Callable[[list[slice]], T], d: int, block: int = BLOCK) -> list[T]:
