@@ -157,3 +157,42 @@ def test_thread_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert lane_threads() == LANES
     monkeypatch.delenv("CIFER_AGG_THREADS")
     assert 1 <= base.lane_threads() <= LANES
+
+
+def test_lanes_inside_a_lane_run_in_sequence_instead_of_deadlocking(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    monkeypatch.setenv("CIFER_AGG_THREADS", "2")
+    x = _updates(4, 6, 4 * BLOCK)
+
+    def outer(_blocks: list[slice]) -> bytes:
+        # An aggregation started from inside a lane (a plug-in rule could do this).
+        return bytes(gram(x).tobytes())
+
+    out: list[list[bytes]] = []
+    t = threading.Thread(target=lambda: out.append(run_lanes(outer, 4 * BLOCK)), daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive(), "nested lanes deadlocked"
+    assert out[0][0] == out[0][1] == gram(x).tobytes()
+
+
+def test_a_forked_child_gets_its_own_lane_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+
+    monkeypatch.setenv("CIFER_AGG_THREADS", "2")
+    x = _updates(5, 6, 4 * BLOCK)
+    expected = gram(x)  # the parent's pool now exists
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=lambda: queue.put(gram(x).tobytes()))
+    child.start()
+    try:
+        got = queue.get(timeout=60)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    assert got == expected.tobytes()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -331,7 +332,9 @@ def lane_blocks(d: int, block: int = BLOCK) -> list[list[slice]]:
 
 
 _lane_pool: ThreadPoolExecutor | None = None
+_lane_pool_pid = 0
 _lane_cap: int | None = None
+_lane_state = threading.local()
 
 
 def lane_threads() -> int:
@@ -370,16 +373,29 @@ def run_lanes(work: Callable[[list[slice]], T], d: int, block: int = BLOCK) -> l
     ``blas_single_thread``) and the result is the same with one thread or two. numpy
     releases the GIL in the casts and products that make up the work. An error in a lane
     is raised after every lane has stopped, the lowest lane's first.
+
+    Lanes started from inside a lane run in sequence (the one pool thread may be the
+    caller, waiting on itself), and a forked child builds its own pool (the parent's
+    threads do not exist there).
     """
-    global _lane_pool
+    global _lane_pool, _lane_pool_pid
     lanes = lane_blocks(d, block)
-    if len(lanes) == 1 or lane_threads() == 1:
+    if len(lanes) == 1 or lane_threads() == 1 or getattr(_lane_state, "inside", False):
         return [work(lane) for lane in lanes]
-    if _lane_pool is None:
+    if _lane_pool is None or _lane_pool_pid != os.getpid():
         _lane_pool = ThreadPoolExecutor(max_workers=LANES - 1, thread_name_prefix="cifer-lane")
-    futures: list[Future[T]] = [_lane_pool.submit(work, lane) for lane in lanes[1:]]
+        _lane_pool_pid = os.getpid()
+
+    def inside(lane: list[slice]) -> T:
+        _lane_state.inside = True
+        try:
+            return work(lane)
+        finally:
+            _lane_state.inside = False
+
+    futures: list[Future[T]] = [_lane_pool.submit(inside, lane) for lane in lanes[1:]]
     try:
-        first = work(lanes[0])
+        first = inside(lanes[0])
     finally:
         wait(futures)
     return [first, *(f.result() for f in futures)]
