@@ -401,6 +401,14 @@ def run_lanes(work: Callable[[list[slice]], T], d: int, block: int = BLOCK) -> l
     return [first, *(f.result() for f in futures)]
 
 
+def lane_sum(parts: list[F64Array]) -> F64Array:
+    """Per-lane partial sums added in lane order (a fixed reduction order)."""
+    total = parts[0].copy()
+    for part in parts[1:]:
+        total += part
+    return total
+
+
 def _block_buffer(rows: int, d: int, block: int = BLOCK) -> F64Array:
     """Flat float64 scratch space for ``rows`` x (up to) ``block`` columns.
 
@@ -443,10 +451,7 @@ def gram(updates: FloatArray, extra: tuple[F64Array, ...] = ()) -> F64Array:
         return part
 
     with blas_single_thread():
-        parts = run_lanes(lane, d, GRAM_BLOCK)
-    out = parts[0]
-    for part in parts[1:]:
-        out += part
+        out = lane_sum(run_lanes(lane, d, GRAM_BLOCK))
     # Symmetrise: syrk fills both triangles identically, but a general gemm may not.
     return (out + out.T) * 0.5
 
@@ -506,11 +511,7 @@ def row_sq_norms(updates: FloatArray) -> F64Array:
             part += np.einsum("ij,ij->i", b, b)
         return part
 
-    parts = run_lanes(lane, d)
-    out = parts[0]
-    for part in parts[1:]:
-        out += part
-    return out
+    return lane_sum(run_lanes(lane, d))
 
 
 def sorted_columns(block: FloatArray) -> FloatArray:

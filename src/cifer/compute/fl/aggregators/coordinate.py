@@ -36,6 +36,7 @@ from cifer.compute.fl.aggregators.base import (
     all_true,
     check_inputs,
     ensure_finite,
+    lane_sum,
     require,
     run_lanes,
     sorted_columns,
@@ -94,14 +95,6 @@ def _dist2(block: FloatArray, agg: F64Array, dtype: np.dtype[Any]) -> F64Array:
     return out
 
 
-def _lane_sum(parts: list[F64Array]) -> F64Array:
-    """Per-lane partial sums added in lane order (a fixed reduction order)."""
-    total = parts[0].copy()
-    for part in parts[1:]:
-        total += part
-    return total
-
-
 def coordinate_median(updates: FloatArray, weights: FloatArray, ctx: AggContext) -> AggResult:
     """Coordinate-wise median. Needs n >= 2f + 1 (an honest majority per coordinate).
 
@@ -122,7 +115,7 @@ def coordinate_median(updates: FloatArray, weights: FloatArray, ctx: AggContext)
             dist2 += _dist2(block, med, x.dtype)
         return dist2
 
-    return AggResult(out, all_true(n), np.sqrt(_lane_sum(run_lanes(lane, d, SORT_BLOCK))))
+    return AggResult(out, all_true(n), np.sqrt(lane_sum(run_lanes(lane, d, SORT_BLOCK))))
 
 
 def trimmed_mean(updates: FloatArray, weights: FloatArray, ctx: AggContext) -> AggResult:
@@ -152,7 +145,7 @@ def trimmed_mean(updates: FloatArray, weights: FloatArray, ctx: AggContext) -> A
             dist2 += _dist2(block, mean, x.dtype)
         return dist2
 
-    dist2 = _lane_sum(run_lanes(lane, d, SORT_BLOCK))
+    dist2 = lane_sum(run_lanes(lane, d, SORT_BLOCK))
     return AggResult(out, all_true(n), np.sqrt(dist2), {"trimmed_per_side": k})
 
 
