@@ -456,7 +456,7 @@ def test_every_rule_is_deterministic_and_keeps_dtype() -> None:
 
 
 def test_streaming_blocks_do_not_change_results() -> None:
-    # d spans several column blocks (32 Ki) and sort blocks (128 Ki).
+    # d spans several column blocks (8 Ki Gram, 16 Ki rows) and sort blocks (128 Ki).
     rng = np.random.default_rng(12)
     x = rng.standard_normal((7, 140_000)).astype(np.float32)
     w = np.ones(7)

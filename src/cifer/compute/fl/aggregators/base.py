@@ -9,24 +9,25 @@ orders, and ties broken by value, then by client index.
 Large ``d`` (10^6 and more) is the common case, so the kernels here stream over column
 blocks in float64: one pass builds the n x n Gram matrix (every pairwise distance and norm
 follows from it), and one pass forms a linear combination of rows. Each pass splits d into
-``LANES`` fixed runs of whole blocks that run on their own threads (``run_lanes``) and are
-combined in lane order, so the result does not depend on how many threads ran them.
-Iterative rules (RFA, centered clipping) iterate on n coefficients, not on d-vectors.
-Bit-exactness across
-platforms is not promised: Gram entries and row combinations go through BLAS, whose
-summation order may differ between builds, so validators on different machines should
-compare aggregates with a tolerance (or pin the platform); selections only flip on
-near-ties.
+``LANES`` fixed runs of whole blocks; lane 0 runs on the caller's thread and the others on
+a pool thread (``run_lanes``), and partial results are combined in lane order, so the result
+does not depend on how many threads ran them. Iterative rules (RFA, centered clipping)
+iterate on n coefficients, not on d-vectors. Bit-exactness across platforms is not
+promised: Gram entries and row combinations go through BLAS, whose summation order may
+differ between builds, so validators on different machines should compare aggregates with
+a tolerance (or pin the platform); selections only flip on near-ties.
 """
 
 from __future__ import annotations
 
+import contextvars
 import importlib
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -38,8 +39,12 @@ F64Array = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.intp]
 
-#: Columns per block when streaming over d: bounds temporaries to n * 128 KiB of float64.
-#: Measured fastest for the row-combination pass at n = 50 with two lanes (16 Ki: 0.014 s,
+#: The block sizes and LANES fix the order of every float64 sum, so they are part of the
+#: result: validators must run the same values (changing one is a coordinated upgrade),
+#: even though each was chosen for speed.
+#:
+#: Columns per block when streaming over d: bounds temporaries to n * 128 KiB of float64
+#: per lane. Measured fastest for the row-combination pass at n = 50 with two lanes (16 Ki: 0.014 s,
 #: 4 Ki: 0.028 s, 32 Ki: 0.017 s; medians of 5 alternating runs, d = 10^6).
 BLOCK = 1 << 14
 #: Columns per block of the Gram pass: with two lanes sharing the cache, 8 Ki measured
@@ -218,9 +223,17 @@ def _check_finite_rows(updates: FloatArray, rule: str) -> None:
     # Fast path: a row sum is non-finite if the row is (NaN and inf propagate, inf - inf
     # is NaN). It is taken in the updates' own dtype (3x faster than casting float32 to
     # float64), so a finite row can overflow it; suspicious rows are re-checked exactly.
-    with np.errstate(over="ignore", invalid="ignore"):
-        sums = updates.sum(axis=1)
-    for i in np.flatnonzero(~np.isfinite(sums)):
+    # Each lane sums its own column range; a row is suspicious if any lane's sum is.
+    d = updates.shape[1]
+
+    def lane(blocks: list[slice]) -> npt.NDArray[np.bool_]:
+        with np.errstate(over="ignore", invalid="ignore"):
+            part = updates[:, blocks[0].start : blocks[-1].stop].sum(axis=1)
+        return np.asarray(~np.isfinite(part))
+
+    flags = run_lanes(lane, d) if d else [np.zeros(updates.shape[0], dtype=np.bool_)]
+    suspicious = np.logical_or.reduce(flags)
+    for i in np.flatnonzero(suspicious):
         row = updates[i]
         nan = np.flatnonzero(np.isnan(row))
         inf = np.flatnonzero(np.isinf(row))
@@ -283,20 +296,28 @@ def require(cond: bool, rule: str, message: str) -> None:
 # ---------------------------------------------------------------------------- kernels
 
 _controller: Any = None
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter: Any = None
 
 
-def blas_single_thread() -> AbstractContextManager[object]:
+@contextmanager
+def blas_single_thread() -> Iterator[None]:
     """Context in which BLAS runs on one thread (a no-op without threadpoolctl).
 
-    The per-block products here are small (n x 32 Ki), so extra BLAS threads gain little,
-    and when the CPU is shared (a validator also running consensus, tests in parallel)
-    spinning BLAS threads made the Gram pass 5-15x slower in our measurements (0.09 s on
-    one thread vs 0.4-1.5 s on two, 50 x 10^6 float32, load 4 on 2 cores). One thread
-    also gives every machine the same summation schedule. The passes get their
+    The per-block products here are small (n x 8-16 Ki columns), so extra BLAS threads
+    gain little, and when the CPU is shared (a validator also running consensus, tests in
+    parallel) spinning BLAS threads made the Gram pass 5-15x slower in our measurements
+    (0.09 s on one thread vs 0.4-1.5 s on two, 50 x 10^6 float32, load 4 on 2 cores). One
+    thread also gives every machine the same summation schedule. The passes get their
     parallelism from ``run_lanes`` instead: fixed column ranges, one BLAS thread each.
-    threadpoolctl comes with scikit-learn; it is imported lazily and optional.
+
+    The limit is process-wide, so concurrent callers share it: the first one in sets it
+    and the last one out restores the original (threadpoolctl's own context would restore
+    on the first exit, under a caller still working). threadpoolctl comes with
+    scikit-learn; it is imported lazily and optional.
     """
-    global _controller
+    global _controller, _blas_users, _blas_limiter
     if _controller is None:
         try:
             module = importlib.import_module("threadpoolctl")
@@ -304,9 +325,20 @@ def blas_single_thread() -> AbstractContextManager[object]:
         except Exception:  # missing or broken: fall back to the BLAS default
             _controller = False
     if _controller is False:
-        return nullcontext()
-    ctx: AbstractContextManager[object] = _controller.limit(limits=1, user_api="blas")
-    return ctx
+        yield
+        return
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = _controller.limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
 
 
 def column_blocks(d: int, block: int = BLOCK) -> Iterator[slice]:
@@ -332,22 +364,37 @@ def lane_blocks(d: int, block: int = BLOCK) -> list[list[slice]]:
 
 
 _lane_pool: ThreadPoolExecutor | None = None
-_lane_pool_pid = 0
 _lane_cap: int | None = None
 _lane_state = threading.local()
+_lane_lock = threading.Lock()
+_warned: set[str] = set()
+_log = logging.getLogger(__name__)
 
 
 def lane_threads() -> int:
-    """Threads for the lanes: ``CIFER_AGG_THREADS`` if set, else min(LANES, cores)."""
+    """Threads for the lanes: ``CIFER_AGG_THREADS`` if set, else min(LANES, usable cores).
+
+    A value that is not an integer is a configuration mistake, not bad input to a rule:
+    it is logged once and the default is used, so it cannot fail an aggregation.
+    """
+    threads = min(LANES, _usable_cores())
     raw = os.environ.get("CIFER_AGG_THREADS", "").strip()
     if raw:
         try:
             threads = max(1, min(LANES, int(raw)))
         except ValueError:
-            raise AggregationError(f"CIFER_AGG_THREADS must be an integer, got {raw!r}") from None
-    else:
-        threads = max(1, min(LANES, os.cpu_count() or 1))
+            if raw not in _warned:
+                _warned.add(raw)
+                _log.warning("CIFER_AGG_THREADS must be an integer, got %r; using %d", raw, threads)
     return threads if _lane_cap is None else min(threads, _lane_cap)
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS reports one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 @contextmanager
@@ -376,15 +423,14 @@ def run_lanes(work: Callable[[list[slice]], T], d: int, block: int = BLOCK) -> l
 
     Lanes started from inside a lane run in sequence (the one pool thread may be the
     caller, waiting on itself), and a forked child builds its own pool (the parent's
-    threads do not exist there).
+    threads do not exist there). A lane the pool has not started when lane 0 is done
+    (another caller holds the pool thread) is taken back and run by the caller, so
+    concurrent callers are never slower than one thread each. The pool thread runs in a
+    copy of the caller's context, so ``np.errstate`` applies there too.
     """
-    global _lane_pool, _lane_pool_pid
     lanes = lane_blocks(d, block)
     if len(lanes) == 1 or lane_threads() == 1 or getattr(_lane_state, "inside", False):
         return [work(lane) for lane in lanes]
-    if _lane_pool is None or _lane_pool_pid != os.getpid():
-        _lane_pool = ThreadPoolExecutor(max_workers=LANES - 1, thread_name_prefix="cifer-lane")
-        _lane_pool_pid = os.getpid()
 
     def inside(lane: list[slice]) -> T:
         _lane_state.inside = True
@@ -393,12 +439,45 @@ def run_lanes(work: Callable[[list[slice]], T], d: int, block: int = BLOCK) -> l
         finally:
             _lane_state.inside = False
 
-    futures: list[Future[T]] = [_lane_pool.submit(inside, lane) for lane in lanes[1:]]
+    futures: list[Future[T]] = []
+    try:
+        pool = _pool()
+        for lane in lanes[1:]:
+            futures.append(pool.submit(contextvars.copy_context().run, inside, lane))
+    except RuntimeError:  # interpreter shutting down: no new threads, same result inline
+        for f in futures:
+            f.cancel()
+        wait([f for f in futures if not f.cancelled()])
+        return [work(lane) for lane in lanes]
     try:
         first = inside(lanes[0])
     finally:
-        wait(futures)
-    return [first, *(f.result() for f in futures)]
+        taken = [f.cancel() for f in futures]  # not started: run it here instead
+        wait([f for f, t in zip(futures, taken, strict=True) if not t])
+    rest = [
+        inside(lane) if t else f.result()
+        for lane, f, t in zip(lanes[1:], futures, taken, strict=True)
+    ]
+    return [first, *rest]
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The lane pool of this process, built on first use."""
+    global _lane_pool
+    with _lane_lock:
+        if _lane_pool is None:
+            _lane_pool = ThreadPoolExecutor(max_workers=LANES - 1, thread_name_prefix="cifer-lane")
+        return _lane_pool
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: forget the pool and its lock."""
+    global _lane_pool, _lane_lock
+    _lane_pool = None
+    _lane_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def lane_sum(parts: list[F64Array]) -> F64Array:
@@ -491,12 +570,16 @@ def combine(
                 else:
                     z[...] = updates[nz, sl]
                 np.dot(c, z, out=out[sl])
+                for scale, vec in extra:
+                    if scale != 0.0:
+                        out[sl] += scale * vec[sl]
 
         with blas_single_thread():
             run_lanes(lane, d)
-    for scale, vec in extra:
-        if scale != 0.0:
-            out += scale * vec
+    else:
+        for scale, vec in extra:
+            if scale != 0.0:
+                out += scale * vec
     return out
 
 
