@@ -139,6 +139,28 @@ class RoundTiming:
     max_abs_err: float  # vs the float mean of the included updates
     exact: bool | None = None  # secagg: unmasked sum == sum of quantized levels
 
+    @classmethod
+    def from_clock(
+        cls,
+        clock: _Clock,
+        n: int,
+        up_total: float,
+        down_total: float,
+        max_abs_err: float,
+        exact: bool | None = None,
+    ) -> RoundTiming:
+        """A round timed by a client/server clock, with byte totals over all n clients."""
+        return cls(
+            clock.client + clock.server,
+            clock.client,
+            clock.server,
+            n,
+            up_total / n,
+            down_total / n,
+            max_abs_err,
+            exact,
+        )
+
     @property
     def per_client_s(self) -> float:
         return self.client_s / self.n
@@ -338,14 +360,8 @@ def plain_round(updates: F32Array) -> RoundResult:
             from_bytes(model)
         down += len(model)
     included = tuple(range(n))
-    timing = RoundTiming(
-        clock.client + clock.server,
-        clock.client,
-        clock.server,
-        n,
-        up / n,
-        down / n,
-        _err(res.aggregate, _float_mean(updates, included)),
+    timing = RoundTiming.from_clock(
+        clock, n, up, down, _err(res.aggregate, _float_mean(updates, included))
     )
     return RoundResult(timing, res.aggregate, included)
 
@@ -423,15 +439,8 @@ def secagg_round(
         down[i] += len(model)
     included = tuple(alive)
     exact = bool(np.array_equal(res.levels, quantized_sum(updates, params, included)))
-    timing = RoundTiming(
-        clock.client + clock.server,
-        clock.client,
-        clock.server,
-        n,
-        sum(up) / n,
-        sum(down) / n,
-        _err(mean, _float_mean(updates, included)),
-        exact,
+    timing = RoundTiming.from_clock(
+        clock, n, sum(up), sum(down), _err(mean, _float_mean(updates, included)), exact
     )
     return RoundResult(timing, mean, included)
 
@@ -492,15 +501,7 @@ def ckks_round(updates: F32Array, job: CkksJob) -> RoundResult:
             ).mean
         down += len(agg)
     included = tuple(range(n))
-    timing = RoundTiming(
-        clock.client + clock.server,
-        clock.client,
-        clock.server,
-        n,
-        up / n,
-        down / n,
-        _err(mean, _float_mean(updates, included)),
-    )
+    timing = RoundTiming.from_clock(clock, n, up, down, _err(mean, _float_mean(updates, included)))
     return RoundResult(timing, mean, included)
 
 

@@ -229,10 +229,9 @@ def _check_finite_rows(updates: FloatArray, rule: str) -> None:
     def lane(blocks: list[slice]) -> npt.NDArray[np.bool_]:
         with np.errstate(over="ignore", invalid="ignore"):
             part = updates[:, blocks[0].start : blocks[-1].stop].sum(axis=1)
-        return np.asarray(~np.isfinite(part))
+        return np.asarray(~np.isfinite(part))  # typed: ~ on an array is Any to mypy
 
-    flags = run_lanes(lane, d) if d else [np.zeros(updates.shape[0], dtype=np.bool_)]
-    suspicious = np.logical_or.reduce(flags)
+    suspicious = np.logical_or.reduce(run_lanes(lane, d))
     for i in np.flatnonzero(suspicious):
         row = updates[i]
         nan = np.flatnonzero(np.isnan(row))
